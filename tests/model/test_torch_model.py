@@ -1,0 +1,102 @@
+"""Shapes, dtypes, validation and frozen-teacher behaviour of the SIR torch model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
+from anomalib_sir.models.sir.loss import SirLoss
+from anomalib_sir.models.sir.torch_model import SirModel, UpThenDownBlock
+
+
+@pytest.mark.parametrize(
+    ("backbone", "layers", "pre_trained", "size"),
+    [
+        ("tf_efficientnet_lite0", (1, 2, 3), True, (64, 64)),
+        ("tf_efficientnet_lite0", (2, 3), True, (65, 47)),
+        ("resnet18", (1, 2, 3), False, (97, 131)),
+        ("mobilenetv3_small_100", (1, 2, 3, 4), False, (72, 72)),
+    ],
+)
+def test_eval_output_shapes_and_dtypes(backbone, layers, pre_trained, size) -> None:
+    model = SirModel(backbone=backbone, layers=layers, pre_trained=pre_trained, width=16, loops=2).eval()
+    images = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        output = model(images)
+    assert output.anomaly_map.shape == (2, 1, *size)
+    assert output.pred_score.shape == (2,)
+    assert output.anomaly_map.dtype == torch.float32
+    assert output.pred_score.dtype == torch.float32
+    assert torch.isfinite(output.anomaly_map).all()
+    assert (output.anomaly_map >= -1e-5).all()  # 1 - cos is non-negative (up to blur rounding)
+
+
+def test_train_output_has_every_loop_and_teacher_shapes() -> None:
+    model = SirModel(pre_trained=False, width=16, loops=3).train()
+    output = model(torch.rand(2, 3, 64, 64))
+    assert len(output.reconstructions) == 3
+    for loop in output.reconstructions:
+        for teacher, reconstruction in zip(output.teacher_features, loop, strict=True):
+            assert reconstruction.shape == teacher.shape
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
+    model = SirModel(pre_trained=False, width=16, loops=2)
+    model.train()
+    assert not model.teacher.training
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert trainable.isdisjoint(id(p) for p in model.teacher.parameters())
+    before = [p.clone() for p in model.teacher.parameters()]
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    for _ in range(3):
+        output = model(torch.rand(2, 3, 64, 64))
+        loss = SirLoss()(output.teacher_features, output.reconstructions)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.teacher.parameters(), strict=True))
+
+
+def test_up_then_down_block_expands_then_contracts() -> None:
+    block = UpThenDownBlock(width=8, expansion=3)
+    hidden = block.up(torch.rand(1, 8, 5, 7))
+    assert hidden.shape == (1, 24, 10, 14)
+    assert block(torch.rand(1, 8, 5, 7)).shape == (1, 8, 5, 7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loops": 0}, "loops"),
+        ({"width": 0}, "width"),
+        ({"layers": ()}, "layers"),
+        ({"fusion_scale": 5}, "fusion_scale"),
+        ({"noise_std": -1.0}, "noise_std"),
+        ({"topk_ratio": 0.0}, "topk_ratio"),
+        ({"score_mode": "mean"}, "score_mode"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SirModel(pre_trained=False, **kwargs)
+
+
+def test_score_modes() -> None:
+    anomaly_map = torch.zeros(1, 1, 10, 10)
+    anomaly_map[0, 0, 0, 0] = 1.0
+    assert SirAnomalyMapGenerator(score_mode="max").score(anomaly_map).item() == pytest.approx(1.0)
+    topk = SirAnomalyMapGenerator(score_mode="topk", topk_ratio=0.02).score(anomaly_map).item()
+    assert topk == pytest.approx(0.5)
+
+
+def test_loss_weightings() -> None:
+    teacher = [torch.ones(1, 4, 2, 2)]
+    perfect, opposite = [torch.ones(1, 4, 2, 2)], [-torch.ones(1, 4, 2, 2)]
+    loops = [opposite, perfect]
+    assert SirLoss("last")(teacher, loops).item() == pytest.approx(0.0)
+    assert SirLoss("all")(teacher, loops).item() == pytest.approx(1.0)
+    assert SirLoss("increasing")(teacher, loops).item() == pytest.approx(2.0 / 3.0)
+    with pytest.raises(ValueError, match="loop_weighting"):
+        SirLoss("first")
