@@ -14,6 +14,7 @@ Example:
     >>> anomalib_sir_hook.install()  # idempotent
     >>> any(isinstance(f, anomalib_sir_hook.AnomalibModelsFinder) for f in __import__("sys").meta_path)
     True
+
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ class _ChainedLoader(importlib.abc.Loader):
         self._loader.exec_module(module)
         try:
             __import__(PLUGIN_MODULE)
-        except Exception as exc:  # noqa: BLE001 - the plugin must never break anomalib
+        except Exception as exc:
             warnings.warn(f"anomalib-sir plugin failed to load and is disabled: {exc!r}", stacklevel=2)
 
 
 class AnomalibModelsFinder(importlib.abc.MetaPathFinder):
     """Meta-path finder that wraps the loader of ``anomalib.models`` once."""
 
-    def find_spec(self, fullname: str, path=None, target=None):  # noqa: ANN001, ANN201
+    def find_spec(self, fullname: str, path=None, target=None):
         if fullname != TARGET_MODULE:
             return None
         # Find the real spec with the remaining finders, then remove ourselves: one shot.
@@ -72,7 +73,7 @@ def install() -> None:
     if TARGET_MODULE in sys.modules:
         try:
             __import__(PLUGIN_MODULE)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             warnings.warn(f"anomalib-sir plugin failed to load and is disabled: {exc!r}", stacklevel=2)
         return
     if not any(isinstance(f, AnomalibModelsFinder) for f in sys.meta_path):

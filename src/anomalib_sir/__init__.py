@@ -7,6 +7,7 @@ Example:
     >>> from anomalib_sir import Sir
     >>> Sir.__name__
     'Sir'
+
 """
 
 from anomalib_sir.models import Sir, SirModel

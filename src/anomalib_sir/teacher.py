@@ -20,6 +20,7 @@ Example:
     'model.safetensors'
     >>> teacher_normalization("tf_efficientnet_lite0")
     ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def bundled_checkpoint_path(backbone: str) -> Path:
 
     Raises:
         TeacherWeightsError: if no package ships weights for this backbone, or it is not installed.
+
     """
     arch = _architecture(backbone)
     if arch not in BUNDLED_TEACHERS:
@@ -206,6 +208,7 @@ def create_teacher(
     Raises:
         TeacherWeightsError: when weights are asked for and none can be found offline.
         FileNotFoundError: when ``weights`` does not exist.
+
     """
     overlay = None
     if weights is not None:
@@ -217,6 +220,10 @@ def create_teacher(
     elif pre_trained:
         ensure_pretrained_available(backbone)
     kwargs = {"features_only": True, "out_indices": tuple(int(i) for i in layers)}
+    # timm logs the unused classifier keys of a features_only model as "Unexpected keys": expected here.
+    builder_logger = logging.getLogger("timm.models._builder")
+    previous_level = builder_logger.level
+    builder_logger.setLevel(logging.ERROR)
     try:
         model = timm.create_model(
             backbone,
@@ -232,6 +239,8 @@ def create_teacher(
             "`backbone_weights=<file>` or populate the Hugging Face cache (HF_HOME)."
         )
         raise TeacherWeightsError(msg) from exc
+    finally:
+        builder_logger.setLevel(previous_level)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -63,6 +63,7 @@ def test_up_then_down_block_expands_then_contracts() -> None:
     block = UpThenDownBlock(width=8, expansion=3)
     hidden = block.up(torch.rand(1, 8, 5, 7))
     assert hidden.shape == (1, 24, 10, 14)
+    assert block.down(hidden).shape == (1, 8, 5, 7)
     assert block(torch.rand(1, 8, 5, 7)).shape == (1, 8, 5, 7)
 
 

@@ -18,6 +18,7 @@ Example:
     >>> datamodule.prepare_data()
     >>> sorted(p.name for p in datamodule.dataset_dir.iterdir())
     ['ground_truth', 'manifest.json', 'test', 'train']
+
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ def generate_demo_dataset(
     """
     rng = np.random.default_rng(seed)
     image = _source_image(source)
-    folders = {name: directory / name for name in ("train/good", "test/good", "test/lesion", "ground_truth/lesion")}
+    folders = {
+        name: directory / name for name in ("train/good", "test/good", "test/lesion", "ground_truth/lesion")
+    }
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     jobs = (
@@ -148,6 +151,7 @@ class SirDemo(Folder):
         num_train, num_test_normal, num_test_abnormal: how many images to generate.
         seed: generation seed (also the split seed).
         train_batch_size, eval_batch_size, num_workers: dataloader settings.
+
     """
 
     def __init__(

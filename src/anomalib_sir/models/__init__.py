@@ -2,6 +2,7 @@
 
 Example:
     >>> from anomalib_sir.models import Sir
+
 """
 
 from .sir import Sir, SirModel

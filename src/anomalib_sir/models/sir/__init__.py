@@ -2,6 +2,7 @@
 
 Example:
     >>> from anomalib_sir.models.sir import Sir, SirModel
+
 """
 
 from .lightning_model import Sir

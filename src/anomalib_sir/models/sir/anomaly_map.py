@@ -14,6 +14,7 @@ Example:
     ((2, 1, 32, 32), True)
     >>> generator.score(anomaly_map).shape
     torch.Size([2])
+
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SirAnomalyMapGenerator(nn.Module):
         scale_fusion: how per-scale maps are combined, ``"mean"`` or ``"product"`` (geometric).
         score_mode: ``"max"`` of the map, or ``"topk"`` mean of the highest ``topk_ratio`` pixels.
         topk_ratio: fraction of pixels averaged by ``"topk"`` (0 < ratio <= 1).
+
     """
 
     def __init__(
@@ -80,7 +82,10 @@ class SirAnomalyMapGenerator(nn.Module):
         """Return the fused, smoothed ``(B, 1, H, W)`` anomaly map."""
         maps = [
             F.interpolate(
-                cosine_distance(t, r).unsqueeze(1), size=tuple(image_size), mode="bilinear", align_corners=False
+                cosine_distance(t, r).unsqueeze(1),
+                size=tuple(image_size),
+                mode="bilinear",
+                align_corners=False,
             )
             for t, r in zip(teacher_features, reconstructions, strict=True)
         ]

@@ -14,6 +14,7 @@ Example:
     or from the command line::
 
         anomalib train --model Sir --data Folder --data.root ... --trainer.max_epochs 10
+
 """
 
 from __future__ import annotations
@@ -63,9 +64,14 @@ class Sir(AnomalibModule):
         scale_fusion: ``"mean"`` or ``"product"`` of the per-scale maps.
         score_mode: image score, ``"max"`` or ``"topk"`` mean of the map.
         topk_ratio: fraction of pixels for ``"topk"``.
+        knn_weight: weight of the nearest-neighbour term (distance of teacher features to a memory bank
+            of the training normals), added to the reconstruction map; ``0`` disables it. The bank is
+            built from the (un-augmented) training images seen in the first epoch.
+        memory_bank_size: maximum memory-bank size (k-center greedy core-set beyond it).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True``: defaults).
+
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class Sir(AnomalibModule):
         scale_fusion: ScaleFusion = "mean",
         score_mode: ScoreMode = "topk",
         topk_ratio: float = 0.01,
+        knn_weight: float = 0.0,
+        memory_bank_size: int = 4096,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         pre_processor: PreProcessor | bool = True,
@@ -121,9 +129,13 @@ class Sir(AnomalibModule):
             scale_fusion=scale_fusion,
             score_mode=score_mode,
             topk_ratio=topk_ratio,
+            knn_weight=knn_weight,
+            memory_bank_size=memory_bank_size,
         )
         self.loss = SirLoss(loop_weighting=loop_weighting)
         self.augmentation = self.configure_augmentation() if augment else None
+        self._bank_batches: list[torch.Tensor] = []
+        self._bank_done = False
 
     @classmethod
     def configure_pre_processor(
@@ -138,22 +150,27 @@ class Sir(AnomalibModule):
         Example:
             >>> Sir.configure_pre_processor((128, 128)).transform.transforms[1].mean
             [0.5, 0.5, 0.5]
+
         """
         mean, std = teacher_normalization(backbone)
         return PreProcessor(
-            transform=v2.Compose([
-                v2.Resize(tuple(image_size or (256, 256)), antialias=True),
-                v2.Normalize(mean=list(mean), std=list(std)),
-            ]),
+            transform=v2.Compose(
+                [
+                    v2.Resize(tuple(image_size or (256, 256)), antialias=True),
+                    v2.Normalize(mean=list(mean), std=list(std)),
+                ]
+            ),
         )
 
     @staticmethod
     def configure_augmentation() -> v2.Transform:
         """Label-preserving views of normal images, applied on the normalised tensor during training."""
-        return v2.Compose([
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
-        ])
+        return v2.Compose(
+            [
+                v2.RandomHorizontalFlip(p=0.5),
+                v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+            ]
+        )
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         if self.augmentation is None:
@@ -174,10 +191,34 @@ class Sir(AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct teacher features of (augmented) normal images; minimise the cosine loss."""
         del args, kwargs
+        if self.model.knn_weight > 0 and not self._bank_done and self.current_epoch == 0:
+            self._bank_batches.append(batch.image.detach())  # first epoch: every training image once
         output = self.model(self._augment(batch.image))
         loss = self.loss(output.teacher_features, output.reconstructions)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        self.log(
+            "train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image)
+        )
         return {"loss": loss}
+
+    def _finalize_memory_bank(self) -> None:
+        """Fit the memory bank and map scales from the images collected in the first epoch."""
+        if self._bank_done or not self._bank_batches:
+            return
+        self.model.fit_memory_bank(self._bank_batches)
+        self._bank_batches = []
+        self._bank_done = True
+
+    def on_train_epoch_end(self) -> None:
+        """The first epoch has shown every training image once: build the memory bank."""
+        self._finalize_memory_bank()
+
+    def on_validation_epoch_start(self) -> None:
+        """Validation may run before the first epoch ends (``val_check_interval``): build it first."""
+        self._finalize_memory_bank()
+
+    def on_train_end(self) -> None:
+        """Training stopped inside the first epoch (``max_steps``): build the bank from what was seen."""
+        self._finalize_memory_bank()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""

@@ -7,6 +7,7 @@ Example:
     >>> loss = SirLoss(loop_weighting="last")
     >>> float(loss(teacher, [[teacher[0].clone()]])) < 1e-6
     True
+
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SirLoss(nn.Module):
     Args:
         loop_weighting: ``"all"`` averages every loop's loss equally, ``"last"`` uses only the final
             loop, ``"increasing"`` weights loop ``t`` (1-based) by ``t``.
+
     """
 
     def __init__(self, loop_weighting: LoopWeighting = "all") -> None:
@@ -51,13 +53,19 @@ class SirLoss(nn.Module):
         Args:
             teacher_features: one ``(B, C_s, H_s, W_s)`` tensor per scale.
             reconstructions: for each loop, one tensor per scale with the teacher's shapes.
+
         """
-        per_loop = torch.stack([
-            torch.stack([
-                cosine_distance(t.detach(), r).mean() for t, r in zip(teacher_features, loop, strict=True)
-            ]).mean()
-            for loop in reconstructions
-        ])
+        per_loop = torch.stack(
+            [
+                torch.stack(
+                    [
+                        cosine_distance(t.detach(), r).mean()
+                        for t, r in zip(teacher_features, loop, strict=True)
+                    ]
+                ).mean()
+                for loop in reconstructions
+            ]
+        )
         if self.loop_weighting == "last":
             return per_loop[-1]
         if self.loop_weighting == "all":

@@ -13,6 +13,7 @@ Example:
     >>> output = model(torch.randn(1, 3, 64, 64))
     >>> tuple(output.anomaly_map.shape), tuple(output.pred_score.shape)
     ((1, 1, 64, 64), (1,))
+
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
+from anomalib.models.components import DynamicBufferMixin, KCenterGreedy
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
 from anomalib_sir.teacher import create_teacher
@@ -70,60 +73,73 @@ class ScaleFusion2d(nn.Module):
 
 
 class UpThenDownBlock(nn.Module):
-    """Compact up-then-down residual block: expand (×2 resolution, ×``expansion`` channels), then contract.
+    """Compact up-then-down residual block: expand, then contract, in channels *and* resolution.
+
+    ``1x1`` expansion to ``width * expansion`` channels, a depthwise ×2 transposed convolution
+    (the "up" half), a stride-2 depthwise ``3x3`` back to the input grid and a ``1x1`` contraction
+    (the "down" half), plus a residual connection. Depthwise spatial mixing keeps it cheap on CPU.
 
     Example:
         >>> import torch
         >>> block = UpThenDownBlock(width=16, expansion=2)
+        >>> tuple(block.up(torch.randn(1, 16, 7, 9)).shape)
+        (1, 32, 14, 18)
         >>> tuple(block(torch.randn(1, 16, 7, 9)).shape)
         (1, 16, 7, 9)
+
     """
 
     def __init__(self, width: int, expansion: int = 2) -> None:
         super().__init__()
         hidden = width * expansion
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(width, hidden, kernel_size=2, stride=2, bias=False),
+            nn.Conv2d(width, hidden, kernel_size=1, bias=False),
             _norm(hidden),
             nn.GELU(),
-            nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden, bias=False),
+            nn.ConvTranspose2d(hidden, hidden, kernel_size=2, stride=2, groups=hidden, bias=False),
             _norm(hidden),
             nn.GELU(),
         )
         self.down = nn.Sequential(
-            nn.Conv2d(hidden, width, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.Conv2d(hidden, hidden, kernel_size=3, stride=2, padding=1, groups=hidden, bias=False),
+            _norm(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, width, kernel_size=1, bias=False),
             _norm(width),
         )
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block with a residual connection (the output keeps ``x``'s shape)."""
-        out = self.down(self.up(x))
-        if out.shape[-2:] != x.shape[-2:]:  # odd sizes: transposed conv + stride-2 conv may differ by one
-            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return self.act(x + out)
+        return self.act(x + self.down(self.up(x)))
 
 
 class ReconstructionHead(nn.Module):
-    """Map the decoded semantic map back to one teacher scale (channels and resolution)."""
+    """Map the decoded semantic map back to one teacher scale (channels, then resolution).
+
+    Channels are predicted on the (coarse) fusion grid; after bilinear resizing a depthwise ``3x3``
+    and a ``1x1`` refine the map at the teacher's resolution. Cheap even for stride-4 scales.
+    """
 
     def __init__(self, width: int, out_channels: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False),
-            _norm(width),
+        self.project = nn.Conv2d(width, out_channels, kernel_size=3, padding=1)
+        self.refine = nn.Sequential(
+            _norm(out_channels),
             nn.GELU(),
-            nn.Conv2d(width, out_channels, kernel_size=1),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, groups=out_channels),
+            nn.Conv2d(out_channels, out_channels, kernel_size=1),
         )
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Reconstruct a ``size``-sized feature map."""
+        x = self.project(x)
         if x.shape[-2:] != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.body(x)
+        return x + self.refine(x)
 
 
-class SirModel(nn.Module):
+class SirModel(DynamicBufferMixin, nn.Module):
     """SIR torch model: frozen teacher, scale fusion, looped up-then-down decoder, per-scale heads.
 
     Args:
@@ -140,6 +156,13 @@ class SirModel(nn.Module):
             learning the identity); ``0`` disables it.
         bottleneck_dropout: channel dropout on the fused map in training.
         sigma, scale_fusion, score_mode, topk_ratio: see :class:`SirAnomalyMapGenerator`.
+        knn_weight: weight of a nearest-neighbour term: distance of each position's teacher features
+            (fusion scale and deeper, 3x3-pooled) to a memory bank of the training normals' features,
+            added to the reconstruction map. ``0`` (reconstruction only) disables it. Each term is
+            divided by its typical value on the training normals, so the weight is unit-free.
+        memory_bank_size: at most this many feature vectors are kept (anomalib's k-center greedy
+            core-set when there are more).
+
     """
 
     def __init__(
@@ -159,9 +182,13 @@ class SirModel(nn.Module):
         scale_fusion: ScaleFusion = "mean",
         score_mode: ScoreMode = "topk",
         topk_ratio: float = 0.01,
+        knn_weight: float = 0.0,
+        memory_bank_size: int = 4096,
     ) -> None:
         super().__init__()
-        _check_positive(loops=loops, width=width, expansion=expansion, blocks=blocks)
+        _check_positive(
+            memory_bank_size=memory_bank_size, loops=loops, width=width, expansion=expansion, blocks=blocks
+        )
         if not layers:
             msg = "layers must name at least one teacher feature index"
             raise ValueError(msg)
@@ -176,12 +203,22 @@ class SirModel(nn.Module):
             msg = f"fusion_scale must index layers {self.layers}, got {fusion_scale}"
             raise ValueError(msg)
 
-        self.teacher = create_teacher(backbone, self.layers, pre_trained=pre_trained, weights=backbone_weights)
+        self.teacher = create_teacher(
+            backbone, self.layers, pre_trained=pre_trained, weights=backbone_weights
+        )
         channels = list(self.teacher.feature_info.channels())
         self.fusion = ScaleFusion2d(channels, width)
         self.dropout = nn.Dropout2d(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
         self.decoder = nn.Sequential(*(UpThenDownBlock(width, expansion) for _ in range(blocks)))
         self.heads = nn.ModuleList(ReconstructionHead(width, c) for c in channels)
+        if knn_weight < 0:
+            msg = f"knn_weight must be >= 0, got {knn_weight}"
+            raise ValueError(msg)
+        self.knn_weight = float(knn_weight)
+        self.memory_bank_size = int(memory_bank_size)
+        self.register_buffer("memory_bank", torch.empty(0, 0))
+        # Typical reconstruction / nearest-neighbour map values on the training normals.
+        self.register_buffer("map_scales", torch.ones(2))
         self.anomaly_map_generator = SirAnomalyMapGenerator(
             sigma=sigma, scale_fusion=scale_fusion, score_mode=score_mode, topk_ratio=topk_ratio
         )
@@ -194,7 +231,9 @@ class SirModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student side (everything except the frozen teacher)."""
-        return [p for name, p in self.named_parameters() if not name.startswith("teacher.") and p.requires_grad]
+        return [
+            p for name, p in self.named_parameters() if not name.startswith("teacher.") and p.requires_grad
+        ]
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Teacher features (no gradients) for ``images``."""
@@ -218,14 +257,89 @@ class SirModel(nn.Module):
             outputs.append(list(current))
         return outputs
 
+    def knn_embedding(self, teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(B, D, h, w)`` locally pooled features of the fusion scale and deeper, on the fusion grid."""
+        size = teacher_features[self.fusion_scale].shape[-2:]
+        parts = []
+        for feature in teacher_features[self.fusion_scale :]:
+            pooled = F.avg_pool2d(feature, kernel_size=3, stride=1, padding=1)
+            if pooled.shape[-2:] != size:
+                pooled = F.interpolate(pooled, size=size, mode="bilinear", align_corners=False)
+            parts.append(pooled)
+        return torch.cat(parts, dim=1)
+
+    def knn_distance_maps(self, teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(B, 1, h, w)`` distance of every position to its nearest memory-bank vector."""
+        if self.memory_bank.numel() == 0:
+            msg = "knn_weight > 0 but the memory bank is empty: call fit_memory_bank() on training normals first."
+            raise RuntimeError(msg)
+        embedding = self.knn_embedding(teacher_features)
+        batch, dim, height, width = embedding.shape
+        flat = embedding.permute(0, 2, 3, 1).reshape(-1, dim)
+        distances = PatchcoreModel.euclidean_dist(flat, self.memory_bank).amin(dim=1)
+        return distances.reshape(batch, 1, height, width)
+
+    @torch.no_grad()
+    def fit_memory_bank(self, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Build the nearest-neighbour memory bank and the map scales from pre-processed normal images.
+
+        Args:
+            images: a ``(N, 3, H, W)`` tensor or a sequence of such batches (already normalised).
+
+        """
+        batches = [images] if isinstance(images, torch.Tensor) else list(images)
+        was_training = self.training
+        self.eval()
+        features = [self.extract_features(batch) for batch in batches]
+        if self.knn_weight > 0:
+            embeddings = [self.knn_embedding(f) for f in features]
+            embedding = torch.cat([e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]) for e in embeddings])
+            if len(embedding) > self.memory_bank_size:
+                ratio = self.memory_bank_size / len(embedding)
+                embedding = KCenterGreedy(embedding, sampling_ratio=ratio).sample_coreset()
+            self.memory_bank = embedding.contiguous()
+            # Typical nearest-neighbour distance: each training position to the bank without itself is
+            # not available cheaply, so use the mean distance of one half of the bank to the other half.
+            half = max(1, len(self.memory_bank) // 2)
+            generator = torch.Generator().manual_seed(0)
+            order = torch.randperm(len(self.memory_bank), generator=generator)
+            first, second = self.memory_bank[order[:half]], self.memory_bank[order[half:]]
+            if len(second):
+                knn_scale = PatchcoreModel.euclidean_dist(first, second).amin(dim=1).mean()
+            else:
+                knn_scale = torch.ones(())
+        else:
+            knn_scale = torch.ones(())
+        recon_means = []
+        for feature in features:
+            reconstruction = self.reconstruct(feature)[-1]
+            recon_means.append(
+                self.anomaly_map_generator(feature, reconstruction, feature[0].shape[-2:]).mean().reshape(1)
+            )
+        recon_scale = torch.cat(recon_means).mean()
+        self.map_scales = torch.stack([recon_scale.clamp_min(1e-6), knn_scale.clamp_min(1e-6)]).float()
+        self.train(was_training)
+
     def forward(self, images: torch.Tensor) -> SirTrainOutput | InferenceBatch:
         """Training: teacher features and all loops' reconstructions. Eval: anomaly map and score."""
         teacher_features = self.extract_features(images)
         reconstructions = self.reconstruct(teacher_features)
         if self.training:
             return SirTrainOutput(teacher_features, reconstructions)
-        anomaly_map = self.anomaly_map_generator(teacher_features, reconstructions[-1], images.shape[-2:])
-        return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
+        image_size = images.shape[-2:]
+        anomaly_map = self.anomaly_map_generator(teacher_features, reconstructions[-1], image_size)
+        if self.knn_weight > 0:
+            knn_map = F.interpolate(
+                self.knn_distance_maps(teacher_features),
+                size=image_size,
+                mode="bilinear",
+                align_corners=False,
+            )
+            knn_map = self.anomaly_map_generator.blur(knn_map)
+            anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
+        return InferenceBatch(
+            pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map
+        )
 
 
 def _check_positive(**values: int) -> None:
