@@ -16,6 +16,4 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from anomalib_sir.data.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo")
-    return generate_demo_dataset(
-        root, "retina", image_size=64, num_train=12, num_test_normal=8, num_test_abnormal=8
-    )
+    return generate_demo_dataset(root, "retina", image_size=64, num_train=12, num_test_normal=8, num_test_abnormal=8)

@@ -12,9 +12,7 @@ import pytest
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 
 
-def _run(
-    args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300
-) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     result = subprocess.run(
         args,
         cwd=cwd,
@@ -24,9 +22,7 @@ def _run(
         timeout=timeout,
         check=False,
     )
-    assert result.returncode == 0, (
-        f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    )
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 

@@ -36,9 +36,7 @@ def test_install_into_an_empty_cache_then_timm_loads_it_offline(tmp_path: Path) 
         "print(all(torch.equal(v, ref[k]) for k, v in m.state_dict().items()))"
     )
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     path, equal = result.stdout.split()
     assert Path(path).is_relative_to(tmp_path / "hub")
@@ -74,9 +72,7 @@ def test_missing_weights_file_is_named() -> None:
 def test_backbone_without_offline_weights_gives_an_actionable_error(tmp_path: Path) -> None:
     code = "from anomalib_sir.teacher import create_teacher; create_teacher('resnet18', (1, 2))"
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert TeacherWeightsError.__name__ in result.stderr
     assert "backbone_weights" in result.stderr

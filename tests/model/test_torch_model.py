@@ -101,3 +101,32 @@ def test_loss_weightings() -> None:
     assert SirLoss("increasing")(teacher, loops).item() == pytest.approx(2.0 / 3.0)
     with pytest.raises(ValueError, match="loop_weighting"):
         SirLoss("first")
+
+
+def test_knn_term_needs_a_fitted_bank_and_survives_a_state_dict_round_trip() -> None:
+    torch.manual_seed(0)
+    model = SirModel(pre_trained=False, width=16, loops=1, knn_weight=1.0, memory_bank_size=64).eval()
+    images = torch.rand(3, 3, 64, 64)
+    with pytest.raises(RuntimeError, match="memory bank is empty"):
+        model(images)
+    model.fit_memory_bank(images)
+    assert model.memory_bank.shape[0] == 64  # 3 images x 16x16 positions, core-set down to 64
+    assert (model.map_scales > 0).all()
+    with torch.no_grad():
+        scores = model(images).pred_score
+    # A fresh model (empty bank) strict-loads the fitted state: buffers are resized, scores identical.
+    restored = SirModel(pre_trained=False, width=16, loops=1, knn_weight=1.0, memory_bank_size=64).eval()
+    restored.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(restored(images).pred_score, scores)
+
+
+def test_knn_term_raises_scores_of_unseen_content() -> None:
+    torch.manual_seed(0)
+    model = SirModel(pre_trained=False, width=16, loops=1, knn_weight=1.0).eval()
+    normals = torch.zeros(2, 3, 64, 64) + 0.1 * torch.rand(2, 3, 64, 64)
+    model.fit_memory_bank(normals)
+    odd = normals.clone()
+    odd[:, :, 20:40, 20:40] = 3.0
+    with torch.no_grad():
+        assert (model(odd).pred_score > model(normals).pred_score).all()

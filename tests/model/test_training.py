@@ -17,10 +17,7 @@ from anomalib_sir.models.sir.loss import SirLoss
 def _load(folder: Path) -> torch.Tensor:
     files = sorted(folder.glob("*.png"))
     return (
-        torch.stack(
-            [torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]
-        )
-        / 255
+        torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]) / 255
     )
 
 
@@ -100,5 +97,6 @@ def test_lightning_training_step_returns_a_differentiable_loss(demo_root: Path) 
     images = model.pre_processor(_load(demo_root / "train/good")[:2])
     batch = ImageBatch(image=images, gt_label=torch.zeros(2, dtype=torch.long))
     loss = model.training_step(batch)["loss"]
-    assert loss.requires_grad and loss.ndim == 0
+    assert loss.requires_grad
+    assert loss.ndim == 0
     assert isinstance(model.loss, SirLoss)

@@ -119,9 +119,7 @@ def generate_demo_dataset(
     """
     rng = np.random.default_rng(seed)
     image = _source_image(source)
-    folders = {
-        name: directory / name for name in ("train/good", "test/good", "test/lesion", "ground_truth/lesion")
-    }
+    folders = {name: directory / name for name in ("train/good", "test/good", "test/lesion", "ground_truth/lesion")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     jobs = (

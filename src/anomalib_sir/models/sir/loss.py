@@ -58,10 +58,7 @@ class SirLoss(nn.Module):
         per_loop = torch.stack(
             [
                 torch.stack(
-                    [
-                        cosine_distance(t.detach(), r).mean()
-                        for t, r in zip(teacher_features, loop, strict=True)
-                    ]
+                    [cosine_distance(t.detach(), r).mean() for t, r in zip(teacher_features, loop, strict=True)]
                 ).mean()
                 for loop in reconstructions
             ]

@@ -64,9 +64,7 @@ class ScaleFusion2d(nn.Module):
     def forward(self, features: Sequence[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Fuse ``features`` onto a ``size`` grid."""
         resized = [
-            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
-            if f.shape[-2:] != size
-            else proj(f)
+            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size else proj(f)
             for proj, f in zip(self.projections, features, strict=True)
         ]
         return self.merge(torch.cat(resized, dim=1))
@@ -186,9 +184,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         memory_bank_size: int = 4096,
     ) -> None:
         super().__init__()
-        _check_positive(
-            memory_bank_size=memory_bank_size, loops=loops, width=width, expansion=expansion, blocks=blocks
-        )
+        _check_positive(memory_bank_size=memory_bank_size, loops=loops, width=width, expansion=expansion, blocks=blocks)
         if not layers:
             msg = "layers must name at least one teacher feature index"
             raise ValueError(msg)
@@ -203,9 +199,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
             msg = f"fusion_scale must index layers {self.layers}, got {fusion_scale}"
             raise ValueError(msg)
 
-        self.teacher = create_teacher(
-            backbone, self.layers, pre_trained=pre_trained, weights=backbone_weights
-        )
+        self.teacher = create_teacher(backbone, self.layers, pre_trained=pre_trained, weights=backbone_weights)
         channels = list(self.teacher.feature_info.channels())
         self.fusion = ScaleFusion2d(channels, width)
         self.dropout = nn.Dropout2d(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
@@ -231,9 +225,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters of the student side (everything except the frozen teacher)."""
-        return [
-            p for name, p in self.named_parameters() if not name.startswith("teacher.") and p.requires_grad
-        ]
+        return [p for name, p in self.named_parameters() if not name.startswith("teacher.") and p.requires_grad]
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Teacher features (no gradients) for ``images``."""
@@ -311,11 +303,9 @@ class SirModel(DynamicBufferMixin, nn.Module):
         else:
             knn_scale = torch.ones(())
         recon_means = []
-        for feature in features:
+        for batch, feature in zip(batches, features, strict=True):
             reconstruction = self.reconstruct(feature)[-1]
-            recon_means.append(
-                self.anomaly_map_generator(feature, reconstruction, feature[0].shape[-2:]).mean().reshape(1)
-            )
+            recon_means.append(self.anomaly_map_generator(feature, reconstruction, batch.shape[-2:]).mean().reshape(1))
         recon_scale = torch.cat(recon_means).mean()
         self.map_scales = torch.stack([recon_scale.clamp_min(1e-6), knn_scale.clamp_min(1e-6)]).float()
         self.train(was_training)
@@ -337,9 +327,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
             )
             knn_map = self.anomaly_map_generator.blur(knn_map)
             anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
-        return InferenceBatch(
-            pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map
-        )
+        return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
 
 
 def _check_positive(**values: int) -> None:
