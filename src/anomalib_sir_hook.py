@@ -51,6 +51,7 @@ class AnomalibModelsFinder(importlib.abc.MetaPathFinder):
     """Meta-path finder that wraps the loader of ``anomalib.models`` once."""
 
     def find_spec(self, fullname: str, path=None, target=None):
+        """Wrap the loader of ``anomalib.models``; decline every other module."""
         if fullname != TARGET_MODULE:
             return None
         # Find the real spec with the remaining finders, then remove ourselves: one shot.

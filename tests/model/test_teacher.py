@@ -65,7 +65,7 @@ def test_user_supplied_weights_file_for_another_backbone(tmp_path: Path) -> None
 
 
 def test_missing_weights_file_is_named() -> None:
-    with pytest.raises(FileNotFoundError, match="no_such_weights.pth"):
+    with pytest.raises(FileNotFoundError, match=r"no_such_weights\.pth"):
         create_teacher("resnet18", (1, 2), weights="no_such_weights.pth")
 
 

@@ -51,7 +51,7 @@ def _source_image(source: DemoSource) -> np.ndarray:
 
 
 def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator, source: DemoSource) -> np.ndarray:
-    """A random, mildly transformed square crop (inside the fundus disc for the retina)."""
+    """Cut a random, mildly transformed square crop (inside the fundus disc for the retina)."""
     height, width = image.shape[:2]
     crop = int(min(height, width) * (0.30 if source == "retina" else 0.55) * rng.uniform(0.85, 1.15))
     if source == "retina":  # stay inside the circular field of view
@@ -72,7 +72,7 @@ def _random_crop(image: np.ndarray, size: int, rng: np.random.Generator, source:
 
 
 def _lesion_mask(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A soft, irregular blob mask in [0, 1] covering roughly 1-6 % of the image."""
+    """Draw a soft, irregular blob mask in [0, 1] covering roughly 1-6 % of the image."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     cy, cx = rng.uniform(0.25, 0.75, size=2) * size
     ry, rx = rng.uniform(0.06, 0.14, size=2) * size

@@ -90,10 +90,8 @@ class SirAnomalyMapGenerator(nn.Module):
             for t, r in zip(teacher_features, reconstructions, strict=True)
         ]
         stacked = torch.stack(maps, dim=0)
-        if self.scale_fusion == "mean":
-            fused = stacked.mean(dim=0)
-        else:
-            fused = stacked.clamp_min(1e-8).log().mean(dim=0).exp()
+        geometric = self.scale_fusion == "product"
+        fused = stacked.clamp_min(1e-8).log().mean(dim=0).exp() if geometric else stacked.mean(dim=0)
         return self.blur(fused)
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
@@ -101,5 +99,5 @@ class SirAnomalyMapGenerator(nn.Module):
         flat = anomaly_map.flatten(1)
         if self.score_mode == "max":
             return flat.amax(dim=1)
-        k = max(1, int(round(self.topk_ratio * flat.shape[1])))
+        k = max(1, round(self.topk_ratio * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(dim=1)

@@ -207,11 +207,11 @@ class Sir(AnomalibModule):
         self._bank_done = True
 
     def on_train_epoch_end(self) -> None:
-        """The first epoch has shown every training image once: build the memory bank."""
+        """Build the memory bank once the first epoch has shown every training image."""
         self._finalize_memory_bank()
 
     def on_validation_epoch_start(self) -> None:
-        """Validation may run before the first epoch ends (``val_check_interval``): build it first."""
+        """Build the memory bank first: validation may run before the first epoch ends."""
         self._finalize_memory_bank()
 
     def on_train_end(self) -> None:
