@@ -162,6 +162,34 @@ class Sir(AnomalibModule):
             ),
         )
 
+    def configure_post_processor(self) -> PostProcessor:
+        """Rank-preserving post-processor: monotonic normalisation, thresholds fitted per dataset.
+
+        Works with normal-only validation (one-shot, universal): image AUROC/AUPR after post-processing equal
+        those of the raw scores. See :mod:`anomalib_sir.post_processing`.
+
+        Example:
+            >>> Sir.configure_post_processor(None).__class__.__name__
+            'RankPreservingPostProcessor'
+
+        """
+        from anomalib_sir.post_processing import RankPreservingPostProcessor
+
+        return RankPreservingPostProcessor()
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Image AUROC/AUPR/F1 and pixel AUROC/AUPR per test dataset (one row per dataset plus their mean).
+
+        Example:
+            >>> Sir.configure_evaluator().__class__.__name__
+            'PerDatasetEvaluator'
+
+        """
+        from anomalib_sir.data.evaluation import PerDatasetEvaluator
+
+        return PerDatasetEvaluator()
+
     @staticmethod
     def configure_augmentation() -> v2.Transform:
         """Label-preserving views of normal images, applied on the normalised tensor during training."""

@@ -1,0 +1,182 @@
+"""Seeded, leakage-free train / validation / test splits with k-shot selection.
+
+:func:`assign_splits` takes a samples frame from :mod:`anomalib_sir.data.layouts` and decides, for every
+normal image that the layout did not place, whether it is a training, validation or test image:
+
+1. **Test normals** – normals without a split are shuffled with ``seed``; ``test_split_ratio`` of them go to
+   the test set (default 50/50), the rest form the *training pool*. Anomalous images are always test images
+   (or validation images where the layout has a validation folder). The test set depends only on the data,
+   ``seed`` and ``test_split_ratio`` – never on ``shot`` – so one-shot and full-shot runs are scored on the
+   same images.
+2. **Validation** – a layout's own validation folder (BMAD ``valid/``) is used as is. Otherwise
+   ``round(val_split_ratio * pool)`` normals are held out of the training pool (seeded) when at least
+   ``shot`` (or one) training images remain; if the pool is too small the *training images themselves* are
+   reused for validation. Validation is normal-only then; it only fits score normalisation and thresholds
+   (see :mod:`anomalib_sir.post_processing`), never selects a model, and never touches test images.
+3. **Shots** – ``shot=k`` keeps the first ``k`` images of a seeded permutation of the remaining pool (so
+   1-shot ⊂ 5-shot ⊂ ...); ``None`` keeps them all. Pool images that are not chosen are marked ``"unused"``.
+
+The result has ``split`` in ``{"train", "val", "test", "unused"}``; :func:`split_record` turns it into the
+table that is logged and written next to the run so it can be reproduced.
+
+Example:
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"image_path": [f"n{i}.png" for i in range(10)] + ["a.png"],
+    ...                       "label_index": [0] * 10 + [1], "mask_path": "", "split": [""] * 10 + ["test"]})
+    >>> out = assign_splits(frame, shot=1, seed=0)
+    >>> out.groupby("split").size().to_dict()
+    {'test': 6, 'train': 1, 'unused': 3, 'val': 1}
+
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from anomalib.data.utils import LabelName
+from pandas import DataFrame
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "unused")
+
+
+class ShotError(ValueError):
+    """More training shots were asked for than there are training normals."""
+
+
+def _permutation(count: int, seed: int | None, salt: int) -> np.ndarray:
+    """Seeded permutation; ``salt`` separates the independent stages (test split, validation, shots)."""
+    return np.random.default_rng(None if seed is None else [seed, salt]).permutation(count)
+
+
+def assign_splits(
+    samples: DataFrame,
+    shot: int | None = None,
+    test_split_ratio: float = 0.5,
+    val_split_ratio: float = 0.2,
+    seed: int | None = 0,
+    name: str = "dataset",
+) -> DataFrame:
+    """Fill in ``split`` for every row (see the module docstring for the rules).
+
+    Args:
+        samples: frame with ``image_path``, ``label_index`` and ``split`` (``""`` where not fixed by the layout).
+        shot: number of training normals (``None``: all of them).
+        test_split_ratio: fraction of *unsplit* normals that become test images.
+        val_split_ratio: fraction of the training pool held out for validation (0 disables the hold-out).
+        seed: seed of all random choices (``None``: not reproducible).
+        name: dataset name for messages.
+
+    Returns:
+        A copy of ``samples`` with a ``split`` in ``{"train", "val", "test", "unused"}`` and a boolean
+        ``val_is_train`` attribute in ``.attrs`` telling whether validation reuses the training images.
+
+    Raises:
+        ShotError: ``shot`` is larger than the number of training normals.
+        ValueError: bad ratios, ``shot < 1``, or no training normals at all.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"image_path": ["a", "b"], "label_index": [0, 0], "split": ["", ""]})
+        >>> assign_splits(frame, shot=5)
+        Traceback (most recent call last):
+        ...
+        anomalib_sir.data.splits.ShotError: dataset: shot=5 but only 1 training normal image(s) ...
+
+    """
+    if not 0.0 <= test_split_ratio < 1.0 or not 0.0 <= val_split_ratio < 1.0:
+        msg = f"{name}: ratios must be in [0, 1), got test_split_ratio={test_split_ratio}, val={val_split_ratio}"
+        raise ValueError(msg)
+    if shot is not None and shot < 1:
+        msg = f"{name}: shot must be a positive integer or None, got {shot}"
+        raise ValueError(msg)
+    frame = samples.sort_values("image_path", ignore_index=True).copy()
+    split = frame["split"].fillna("").astype(str).to_numpy(dtype=object)
+    normal = (frame["label_index"] == LabelName.NORMAL).fillna(False).to_numpy()
+
+    # 1. unsplit normals -> test / training pool; unsplit anomalies -> test.
+    unsplit = np.flatnonzero((split == "") & normal)
+    order = unsplit[_permutation(len(unsplit), seed, 0)]
+    num_test = round(test_split_ratio * len(order))
+    split[order[:num_test]] = "test"
+    split[order[num_test:]] = "train"
+    split[(split == "") & ~normal] = "test"
+
+    # 2. validation hold-out from the training pool (unless the layout has a validation split).
+    pool = np.flatnonzero(split == "train")
+    if len(pool) == 0:
+        msg = f"{name}: no training normal images (check the normal folder / labels and test_split_ratio)"
+        raise ValueError(msg)
+    if shot is not None and shot > len(pool):
+        msg = (
+            f"{name}: shot={shot} but only {len(pool)} training normal image(s) are available "
+            f"(after the seeded {test_split_ratio:.0%} test split); use a smaller shot or shot=None"
+        )
+        raise ShotError(msg)
+    pool = pool[_permutation(len(pool), seed, 1)]
+    has_val_split = bool((split == "val").any())
+    num_val = 0 if has_val_split else min(round(val_split_ratio * len(pool)), len(pool) - (shot or 1))
+    if num_val > 0:
+        split[pool[len(pool) - num_val :]] = "val"
+        pool = pool[: len(pool) - num_val]
+
+    # 3. k shots: a prefix of the seeded pool order (nested across k).
+    chosen = pool if shot is None else pool[:shot]
+    split[np.setdiff1d(pool, chosen)] = "unused"
+    frame["split"] = split
+    frame.attrs["val_is_train"] = not has_val_split and num_val <= 0
+    frame.attrs["shot"] = shot
+    frame.attrs["seed"] = seed
+    return frame
+
+
+def split_record(frame: DataFrame, name: str) -> DataFrame:
+    """Make the reproducibility record of a split: dataset, split, label and path of every image, sorted.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"image_path": ["b", "a"], "label_index": [0, 1], "split": ["train", "test"]})
+        >>> split_record(frame, "x").values.tolist()
+        [['x', 'test', 1, 'a'], ['x', 'train', 0, 'b']]
+
+    """
+    record = DataFrame(
+        {
+            "dataset": name,
+            "split": frame["split"].to_numpy(),
+            "label_index": frame["label_index"].to_numpy(),
+            "image_path": frame["image_path"].astype(str).to_numpy(),
+        }
+    )
+    return record.sort_values(["split", "image_path"], ignore_index=True)
+
+
+def log_split(frame: DataFrame, name: str, directory: str | Path | None = None, max_listed: int = 20) -> Path | None:
+    """Log the split sizes and chosen training files; write ``splits/<name>.csv`` under ``directory``.
+
+    Returns:
+        The written file, or ``None`` when no ``directory`` is given.
+
+    Example:
+        >>> import pandas as pd, tempfile
+        >>> frame = pd.DataFrame({"image_path": ["a", "b"], "label_index": [0, 1], "split": ["train", "test"]})
+        >>> log_split(frame, "x", tempfile.mkdtemp()).name
+        'x.csv'
+
+    """
+    counts = frame.groupby("split").size().to_dict()
+    train = sorted(frame.loc[frame["split"] == "train", "image_path"].astype(str))
+    listed = ", ".join(train[:max_listed]) + (f", ... ({len(train)} in total)" if len(train) > max_listed else "")
+    logger.info("%s split sizes %s; training images: %s", name, counts, listed)
+    if frame.attrs.get("val_is_train"):
+        logger.info("%s: too few training normals for a hold-out, validation reuses the training images", name)
+    if directory is None:
+        return None
+    path = Path(directory) / "splits" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split_record(frame, name).to_csv(path, index=False)
+    logger.info("%s split written to %s", name, path)
+    return path

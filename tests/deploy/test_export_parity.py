@@ -1,0 +1,81 @@
+"""Export through anomalib to OpenVINO and ONNX; the exports match torch eager (maps and decisions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalib_sir.deploy import EXPORT_OUTPUTS, check_parity, export_model, load_runtime, synthetic_images
+
+
+def test_both_formats_are_exported_with_every_output(sir_exports: dict[str, Path]) -> None:
+    assert sir_exports["openvino"].name == "model.xml"
+    assert sir_exports["openvino"].with_suffix(".bin").is_file()
+    assert sir_exports["onnx"].name == "model.onnx"
+    for path in sir_exports.values():
+        assert sorted(load_runtime(path)(synthetic_images(1, (32, 32)))) == sorted(EXPORT_OUTPUTS)
+
+
+def test_exports_keep_dynamic_batch_and_image_size(sir_exports: dict[str, Path]) -> None:
+    import openvino as ov
+
+    partial_shape = ov.Core().read_model(sir_exports["openvino"]).input(0).partial_shape
+    assert partial_shape[0].is_dynamic
+    assert partial_shape[2].is_dynamic
+    assert partial_shape[3].is_dynamic
+    for path in sir_exports.values():
+        runtime = load_runtime(path)
+        for batch, size in ((1, (100, 37)), (5, (64, 64))):
+            outputs = runtime(synthetic_images(batch, size))
+            assert outputs["pred_score"].shape == (batch,)
+            assert outputs["anomaly_map"].shape == (batch, 1, 64, 64)  # the model's own resolution
+
+
+@pytest.mark.parametrize(
+    ("model_fixture", "exports_fixture"),
+    [("trained_sir", "sir_exports"), ("trained_sir_resnet", "resnet_exports")],
+    ids=["tf_efficientnet_lite0", "resnet18"],
+)
+def test_openvino_and_onnx_match_torch(
+    model_fixture: str, exports_fixture: str, parity_inputs: list[np.ndarray], request: pytest.FixtureRequest
+) -> None:
+    model, exports = request.getfixturevalue(model_fixture), request.getfixturevalue(exports_fixture)
+    assert not np.isnan(float(model.post_processor.image_threshold))  # decisions use a fitted threshold
+    report = check_parity(model, [exports["openvino"], exports["onnx"]], parity_inputs, atol=1e-3)
+    print(f"\n{model_fixture}\n{report.format_table()}")
+    assert {r.runtime for r in report.results} == {"openvino", "onnxruntime"}
+    for result in report.results:
+        assert result.num_images == sum(len(batch) for batch in parity_inputs)
+        assert result.map_max_abs_diff <= 1e-3
+        assert result.decisions_match
+    assert report.passed
+
+
+def test_parity_fails_when_outputs_differ(trained_sir, sir_exports: dict[str, Path]) -> None:
+    class Shifted:
+        name = "shifted"
+
+        def __init__(self, runtime) -> None:
+            self.runtime = runtime
+
+        def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+            outputs = dict(self.runtime(images))
+            outputs["anomaly_map"] = outputs["anomaly_map"] + 0.01
+            outputs["pred_label"] = ~outputs["pred_label"].astype(bool)
+            return outputs
+
+    report = check_parity(trained_sir, [Shifted(load_runtime(sir_exports["onnx"]))], synthetic_images(2, (64, 64)))
+    (result,) = report.results
+    assert result.map_max_abs_diff == pytest.approx(0.01, abs=1e-4)
+    assert not result.decisions_match
+    assert not report.passed
+
+
+def test_export_never_overwrites(trained_sir, sir_exports: dict[str, Path]) -> None:
+    export_root = sir_exports["onnx"].parents[2]
+    before = sir_exports["onnx"].stat().st_mtime_ns
+    with pytest.raises(FileExistsError):
+        export_model(trained_sir, export_root, export_types=("onnx",))
+    assert sir_exports["onnx"].stat().st_mtime_ns == before
