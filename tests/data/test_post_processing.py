@@ -104,3 +104,15 @@ def test_threshold_uses_f1_when_validation_has_anomalies() -> None:
     post.fit([scores], [torch.tensor([0, 0, 0, 1, 1])])
     threshold = float(post.dataset_stats[0, 0])
     assert 0.3 <= threshold <= 0.9
+
+
+def test_f1_threshold_sits_between_validation_scores() -> None:
+    """The fitted threshold keeps anomalib's F1-optimal decisions on validation, with a margin to every score."""
+    from anomalib_sir.post_processing import fit_threshold_and_scale
+
+    scores = torch.tensor([0.10, 0.20, 0.30, 0.70, 0.80, 0.90])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    threshold, _ = fit_threshold_and_scale(scores, labels)
+    assert 0.30 < threshold < 0.70
+    assert ((scores > threshold).long() == labels).all()
+    assert (scores - threshold).abs().min() > 0.1

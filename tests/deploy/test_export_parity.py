@@ -79,3 +79,31 @@ def test_export_never_overwrites(trained_sir, sir_exports: dict[str, Path]) -> N
     with pytest.raises(FileExistsError):
         export_model(trained_sir, export_root, export_types=("onnx",))
     assert sir_exports["onnx"].stat().st_mtime_ns == before
+
+
+def test_a_score_on_the_threshold_is_borderline_not_a_mismatch(
+    trained_sir, sir_exports: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision flip caused by a score ~1e-6 from the threshold is reported as borderline, not a failure."""
+    from anomalib_sir.deploy import parity
+
+    class OnTheThreshold:
+        name = "on-threshold"
+
+        def __init__(self, flip: bool) -> None:
+            self.runtime, self.flip = load_runtime(sir_exports["onnx"]), flip
+
+        def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            outputs = dict(self.runtime(batch))
+            outputs["pred_score"] = np.full_like(outputs["pred_score"], 0.5 + 1e-6)  # normalised threshold: 0.5
+            outputs["pred_label"] = np.full_like(outputs["pred_label"], self.flip, dtype=bool)
+            return outputs
+
+    monkeypatch.setattr(parity, "TorchRuntime", lambda model: OnTheThreshold(flip=False))  # the reference
+    images = synthetic_images(2, (64, 64))
+    report = check_parity(trained_sir, [OnTheThreshold(flip=True)], images)
+    (result,) = report.results
+    assert (result.num_borderline, result.decisions_match) == (2, True)
+    assert "2 borderline" in report.format_table()
+    strict = check_parity(trained_sir, [OnTheThreshold(flip=True)], images, decision_margin=0.0)
+    assert not strict.results[0].decisions_match

@@ -42,6 +42,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "image_F1Max",
     "image_threshold",
     "pixel_AUROC",
+    "val_image_AUROC",
     "train_time_s",
     "train_cpu_s",
     "test_ms_per_image",
@@ -66,7 +67,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 
 #: Metrics averaged over seeds in the summary (mean ± std).
-SUMMARY_METRICS: tuple[str, ...] = ("image_AUROC", "image_AUPR", "image_F1Score", "pixel_AUROC")
+SUMMARY_METRICS: tuple[str, ...] = ("image_AUROC", "image_AUPR", "image_F1Score", "pixel_AUROC", "val_image_AUROC")
 #: Cost columns averaged in the summary (mean only).
 SUMMARY_COSTS: tuple[str, ...] = (
     "train_time_s",
@@ -139,8 +140,10 @@ def _number(value: float, digits: int = 1) -> str:
 def markdown_table(summary: pd.DataFrame) -> str:
     """Render the summary as a GitHub markdown table (pixel AUROC only when some dataset has masks)."""
     with_pixel = "pixel_AUROC_mean" in summary and summary["pixel_AUROC_mean"].notna().any()
+    with_val = "val_image_AUROC_mean" in summary and summary["val_image_AUROC_mean"].notna().any()
     header = ["model", "setting", "shot", "dataset", "seeds", "AUROC", "AUPR", "F1 (adaptive thr.)"]
     header += ["pixel AUROC"] if with_pixel else []
+    header += ["val AUROC"] if with_val else []
     header += [
         "train s",
         "torch ms/img b1",
@@ -155,6 +158,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
         seeds = int(row["seeds"])
         cells = [str(row["model"]), str(row["setting"]), str(row["shot"]), str(row["dataset"]), str(seeds)]
         metrics = ["image_AUROC", "image_AUPR", "image_F1Score"] + (["pixel_AUROC"] if with_pixel else [])
+        metrics += ["val_image_AUROC"] if with_val else []
         cells += [format_mean_std(row.get(f"{m}_mean"), row.get(f"{m}_std"), seeds) for m in metrics]
         cells += [
             _number(row.get("train_time_s", math.nan), 0),
@@ -316,8 +320,9 @@ def write_report(run_dir: str | Path, extra_notes: Sequence[str] = ()) -> dict[s
         lines += [
             "Metrics: image AUROC / AUPR on raw scores (rank-preserving, no min-max clamping); F1 at anomalib's "
             "adaptive (F1-optimal) threshold fitted on each dataset's validation split, applied to its test "
-            "split. Mean ± std over the seeds (reference draws) of each cell. Costs: mean over the cells that "
-            "measured them; latencies are ms per image after warm-up (median of repeats).",
+            "split. `val AUROC`: image AUROC on the validation split, the only figure to choose settings by (the "
+            "test split stays unseen). Mean ± std over the seeds (reference draws) of each cell. Costs: mean "
+            "over the cells that measured them; latencies are ms per image after warm-up (median of repeats).",
             "",
             f"CPU load average during the cells: {load.min():.1f}–{load.max():.1f} "
             f"(on {environment.get('cpu_count', '?')} CPUs); timings above 1 load per CPU are inflated by "

@@ -179,6 +179,31 @@ def unit_interval(values: torch.Tensor, low: float, high: float) -> torch.Tensor
     return ((values.double() - low) / span).clamp(0, 1).float()
 
 
+def validation_auroc(val_batches: Sequence[Any]) -> float:
+    """Image AUROC on the validation split (for choosing settings without the test split; NaN if one class).
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace as Batch
+        >>> validation_auroc([Batch(gt_label=torch.tensor([0, 1, 1]), pred_score=torch.tensor([1.0, 3.0, 2.0]))])
+        1.0
+        >>> validation_auroc([Batch(gt_label=torch.tensor([0, 0]), pred_score=torch.tensor([1.0, 3.0]))])
+        nan
+
+    """
+    if not val_batches:
+        return float("nan")
+    scores = torch.cat([b.pred_score.flatten() for b in val_batches])
+    labels = torch.cat([b.gt_label.flatten() for b in val_batches]).long()
+    if labels.min() == labels.max():
+        return float("nan")
+    metric = AUROC(fields=["pred_score", "gt_label"])
+    metric.update(
+        SimpleNamespace(pred_score=unit_interval(scores, float(scores.min()), float(scores.max())), gt_label=labels)
+    )
+    return float(metric.compute())
+
+
 def evaluate(val_batches: Sequence[Any], test_batches: Sequence[Any]) -> dict[str, float]:
     """Image (and pixel) metrics of raw test scores; F1 at the adaptive threshold fitted on validation.
 
@@ -219,6 +244,7 @@ def evaluate(val_batches: Sequence[Any], test_batches: Sequence[Any]) -> dict[st
         metric.update(image_batch)
         out[name] = float(metric.compute())
     out["image_threshold"] = float(threshold)
+    out["val_image_AUROC"] = validation_auroc(val_batches)
     masked = [b for b in test_batches if getattr(b, "gt_mask", None) is not None and b.anomaly_map is not None]
     out["pixel_AUROC"] = float("nan")
     if masked:

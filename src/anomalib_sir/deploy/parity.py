@@ -4,7 +4,9 @@ For every exported runtime the check reports, against ``model.eval()(images)`` i
 
 * the largest absolute difference of the (normalised, post-processed) anomaly maps,
 * the largest absolute difference of the (normalised) image scores,
-* whether every image-level decision (``pred_label`` at the model's threshold) is identical.
+* whether every image-level decision (``pred_label`` at the model's threshold) is identical, for every image
+  whose torch score is farther than ``decision_margin`` (default ``1e-4``) from the threshold (a score that
+  close may flip by float rounding alone; such images are counted as ``borderline`` and reported).
 
 A runtime passes when the map difference is at most ``atol`` (default ``1e-3``) and all decisions match.
 
@@ -32,6 +34,7 @@ from anomalib.models import AnomalibModule
 from .runtime import Runtime, TorchRuntime, load_runtime
 
 DEFAULT_ATOL = 1e-3
+DEFAULT_DECISION_MARGIN = 1e-4
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,12 @@ class RuntimeParity:
     score_max_abs_diff: float
     """Largest absolute difference of the image scores."""
     decisions_match: bool
-    """Every image-level decision is identical to torch's."""
+    """Every image-level decision is identical to torch's (borderline images excepted)."""
     num_anomalous: int
     """Images torch calls anomalous (to show both decisions were exercised)."""
     atol: float
+    num_borderline: int = 0
+    """Images whose torch score is within the decision margin of the threshold (not compared)."""
 
     @property
     def passed(self) -> bool:
@@ -90,6 +95,8 @@ class ParityReport:
         ]
         for r in self.results:
             decisions = f"{'yes' if r.decisions_match else 'NO'} ({r.num_anomalous} anomalous)"
+            if r.num_borderline:
+                decisions += f", {r.num_borderline} borderline"
             lines.append(
                 f"| {r.runtime} | {r.num_images} | {r.map_max_abs_diff:.2e} | {r.score_max_abs_diff:.2e} "
                 f"| {decisions} | {'pass' if r.passed else 'FAIL'} |"
@@ -117,18 +124,26 @@ def _concat(outputs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
 
 
 def _compare(
-    reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]], runtime: Runtime, atol: float
+    reference: list[dict[str, np.ndarray]],
+    candidate: list[dict[str, np.ndarray]],
+    runtime: Runtime,
+    atol: float,
+    cut: float,
+    decision_margin: float,
 ) -> RuntimeParity:
     ref_labels, labels = _concat(reference, "pred_label").ravel(), _concat(candidate, "pred_label").ravel()
+    borderline = np.abs(_concat(reference, "pred_score").ravel() - cut) <= decision_margin
+    compared = ~borderline
     return RuntimeParity(
         runtime=runtime.name,
         model_path=str(getattr(runtime, "path", "")),
         num_images=len(ref_labels),
         map_max_abs_diff=float(np.abs(_concat(reference, "anomaly_map") - _concat(candidate, "anomaly_map")).max()),
         score_max_abs_diff=float(np.abs(_concat(reference, "pred_score") - _concat(candidate, "pred_score")).max()),
-        decisions_match=bool(np.array_equal(ref_labels.astype(bool), labels.astype(bool))),
+        decisions_match=bool(np.array_equal(ref_labels.astype(bool)[compared], labels.astype(bool)[compared])),
         num_anomalous=int(ref_labels.astype(bool).sum()),
         atol=atol,
+        num_borderline=int(borderline.sum()),
     )
 
 
@@ -137,6 +152,7 @@ def check_parity(
     runtimes: Iterable[Runtime | str | Path],
     images: np.ndarray | Sequence[np.ndarray],
     atol: float = DEFAULT_ATOL,
+    decision_margin: float = DEFAULT_DECISION_MARGIN,
 ) -> ParityReport:
     """Compare each runtime (or exported file: ``.xml`` / ``.onnx``) with torch eager on ``images``.
 
@@ -146,14 +162,19 @@ def check_parity(
         images: one ``(B, 3, H, W)`` batch of ``[0, 1]`` images, or a sequence of such batches
             (sizes may differ between batches).
         atol: tolerance on the anomaly-map difference.
+        decision_margin: images whose torch (normalised) score is this close to the threshold are not
+            compared on their decision.
 
     """
     batches = [images] if isinstance(images, np.ndarray) else list(images)
     reference_runtime = TorchRuntime(model)
     reference = [reference_runtime(batch) for batch in batches]
+    post_processor = getattr(model, "post_processor", None)
+    cut = float(getattr(post_processor, "normalized_image_threshold", 0.5))
     results = []
     for item in runtimes:
         runtime = load_runtime(item) if isinstance(item, str | Path) else item
-        results.append(_compare(reference, [runtime(batch) for batch in batches], runtime, atol))
-    threshold = getattr(getattr(model, "post_processor", None), "image_threshold", torch.tensor(float("nan")))
+        candidate = [runtime(batch) for batch in batches]
+        results.append(_compare(reference, candidate, runtime, atol, cut, decision_margin))
+    threshold = getattr(post_processor, "image_threshold", torch.tensor(float("nan")))
     return ParityReport(results=tuple(results), image_threshold=float(threshold))
