@@ -15,7 +15,7 @@ Adding a subcommand: write a ``configure(parser)`` function that declares its ar
 Example:
     >>> from anomalib_sir.cli import build_parser
     >>> sorted(name for name in SUBCOMMANDS)[:2]
-    ['parity', 'predict']
+    ['benchmark', 'parity']
     >>> build_parser().parse_args(["predict", "model.xml", "scans/"]).output
     'predictions'
 

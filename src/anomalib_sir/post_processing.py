@@ -71,9 +71,10 @@ def fit_threshold_and_scale(
     """``(threshold, scale)`` for one dataset's validation scores.
 
     With anomalies among the labels: anomalib's F1-adaptive threshold, moved halfway to the next lower
-    validation score (so that ``score > threshold`` reproduces the F1-optimal set, with a margin). Without: ``mean + normal_std · std``
-    of the (normal) scores. ``scale`` is the std of the normal scores (of all scores with fewer than two
-    normals); a degenerate std (one image, identical scores) falls back to ``max(0.1·|mean|, 1e-6)``.
+    validation score (so that ``score > threshold`` reproduces the F1-optimal set, with a margin).
+    Without: ``mean + normal_std · std`` of the (normal) scores. ``scale`` is the std of the normal
+    scores (of all scores with fewer than two normals); a degenerate std (one image, identical scores)
+    falls back to ``max(0.1·|mean|, 1e-6)``.
 
     Example:
         >>> import torch
