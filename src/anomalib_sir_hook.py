@@ -27,7 +27,7 @@ import warnings
 from types import ModuleType
 
 TARGET_MODULE = "anomalib.models"
-PLUGIN_MODULE = "anomalib_sir"
+PLUGIN_MODULE = "anomalib_sir.models"
 
 
 class _ChainedLoader(importlib.abc.Loader):
