@@ -223,7 +223,14 @@ class Sir(AnomalibModule):
             self._bank_batches.append(batch.image.detach())  # first epoch: every training image once
         output = self.model(self._augment(batch.image))
         loss = self.loss(output.teacher_features, output.reconstructions)
-        self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        self.log(
+            "train_loss",
+            loss.item(),
+            on_epoch=True,
+            prog_bar=True,
+            logger=bool(self.loggers),
+            batch_size=len(batch.image),
+        )
         return {"loss": loss}
 
     def _finalize_memory_bank(self) -> None:
