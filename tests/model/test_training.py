@@ -16,9 +16,7 @@ from anomalib_sir.models.sir.loss import SirLoss
 
 def _load(folder: Path) -> torch.Tensor:
     files = sorted(folder.glob("*.png"))
-    return (
-        torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]) / 255
-    )
+    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files]) / 255
 
 
 def _train(model: Sir, images: torch.Tensor, steps: int, seed: int) -> list[float]:
