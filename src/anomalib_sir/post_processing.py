@@ -403,18 +403,8 @@ class RankPreservingPostProcessor(PostProcessor):
         del pl_module, batch, batch_idx, dataloader_idx
         self.post_process_batch(outputs, self._indices(trainer, outputs))
 
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Batch,
-        batch: Any = None,
-        batch_idx: int = 0,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Post-process predictions with the statistics of each image's dataset (unknown images: pooled)."""
-        del pl_module, batch, batch_idx, dataloader_idx
-        self.post_process_batch(outputs, self._indices(trainer, outputs))
+    #: Predictions are post-processed like test batches (images of no known dataset: pooled statistics).
+    on_predict_batch_end = on_test_batch_end
 
     def forward(self, predictions: InferenceBatch) -> InferenceBatch:
         """Post-process raw predictions with the pooled statistics (the exported graph uses this).
