@@ -40,6 +40,9 @@ from .anomaly_map import ScaleFusion, ScoreMode
 from .loss import LoopWeighting, SirLoss
 from .torch_model import SirModel
 
+#: Default input size (chosen over 256 px on validation AUROC, see the README's ablation).
+DEFAULT_IMAGE_SIZE: tuple[int, int] = (128, 128)
+
 
 class Sir(AnomalibModule):
     """Semantic Iterative Reconstruction for one-shot (universal) medical anomaly detection.
@@ -81,7 +84,7 @@ class Sir(AnomalibModule):
         layers: Sequence[int] = (1, 2, 3),
         pre_trained: bool = True,
         backbone_weights: str | None = None,
-        image_size: tuple[int, int] = (128, 128),
+        image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
         loops: int = 3,
         width: int = 128,
         expansion: int = 2,
@@ -157,7 +160,7 @@ class Sir(AnomalibModule):
         return PreProcessor(
             transform=v2.Compose(
                 [
-                    v2.Resize(tuple(image_size or (128, 128)), antialias=True),
+                    v2.Resize(tuple(image_size or DEFAULT_IMAGE_SIZE), antialias=True),
                     v2.Normalize(mean=list(mean), std=list(std)),
                 ]
             ),
