@@ -41,6 +41,20 @@ def test_train_output_has_every_loop_and_teacher_shapes() -> None:
             assert reconstruction.shape == teacher.shape
 
 
+def test_separate_loop_weights_give_each_loop_its_own_decoder() -> None:
+    shared = SirModel(pre_trained=False, width=16, loops=3)
+    separate = SirModel(pre_trained=False, width=16, loops=3, shared_loops=False)
+    decoder_size = sum(p.numel() for p in shared.decoder.parameters())
+    extra = sum(p.numel() for p in separate.trainable_parameters()) - sum(
+        p.numel() for p in shared.trainable_parameters()
+    )
+    assert extra == 2 * decoder_size  # loops 2 and 3 get their own blocks
+    output = separate.train()(torch.rand(2, 3, 64, 64))
+    loss = SirLoss()(output.teacher_features, output.reconstructions)
+    loss.backward()
+    assert all(p.grad is not None for p in separate.extra_decoders.parameters())
+
+
 def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
     model = SirModel(pre_trained=False, width=16, loops=2)
     model.train()
@@ -105,7 +119,7 @@ def test_loss_weightings() -> None:
 
 def test_knn_term_needs_a_fitted_bank_and_survives_a_state_dict_round_trip() -> None:
     torch.manual_seed(0)
-    model = SirModel(pre_trained=False, width=16, loops=1, knn_weight=1.0, memory_bank_size=64).eval()
+    model = SirModel(layers=(1, 2, 3), pre_trained=False, width=16, loops=1, knn_weight=1.0, memory_bank_size=64).eval()
     images = torch.rand(3, 3, 64, 64)
     with pytest.raises(RuntimeError, match="memory bank is empty"):
         model(images)
@@ -115,7 +129,9 @@ def test_knn_term_needs_a_fitted_bank_and_survives_a_state_dict_round_trip() -> 
     with torch.no_grad():
         scores = model(images).pred_score
     # A fresh model (empty bank) strict-loads the fitted state: buffers are resized, scores identical.
-    restored = SirModel(pre_trained=False, width=16, loops=1, knn_weight=1.0, memory_bank_size=64).eval()
+    restored = SirModel(
+        layers=(1, 2, 3), pre_trained=False, width=16, loops=1, knn_weight=1.0, memory_bank_size=64
+    ).eval()
     restored.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.allclose(restored(images).pred_score, scores)

@@ -32,6 +32,10 @@ from .loss import cosine_distance
 ScaleFusion = Literal["mean", "product"]
 ScoreMode = Literal["max", "topk"]
 
+#: Default fraction of the map's pixels averaged into the image score (chosen on validation AUROC: a
+#: top-20 % mean balances local lesions against diffuse ones; see the method README's ablation).
+DEFAULT_TOPK_RATIO: float = 0.2
+
 
 class SirAnomalyMapGenerator(nn.Module):
     """Turn teacher features and their reconstructions into an anomaly map and image scores.
@@ -49,7 +53,7 @@ class SirAnomalyMapGenerator(nn.Module):
         sigma: float = 4.0,
         scale_fusion: ScaleFusion = "mean",
         score_mode: ScoreMode = "topk",
-        topk_ratio: float = 0.01,
+        topk_ratio: float = DEFAULT_TOPK_RATIO,
     ) -> None:
         super().__init__()
         if scale_fusion not in {"mean", "product"}:
@@ -64,6 +68,7 @@ class SirAnomalyMapGenerator(nn.Module):
         if sigma < 0:
             msg = f"sigma must be >= 0, got {sigma}"
             raise ValueError(msg)
+        self.sigma = float(sigma)
         self.scale_fusion = scale_fusion
         self.score_mode = score_mode
         self.topk_ratio = topk_ratio

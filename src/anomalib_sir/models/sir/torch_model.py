@@ -31,7 +31,11 @@ from torch import nn
 
 from anomalib_sir.teacher import create_teacher
 
-from .anomaly_map import ScaleFusion, ScoreMode, SirAnomalyMapGenerator
+from .anomaly_map import DEFAULT_TOPK_RATIO, ScaleFusion, ScoreMode, SirAnomalyMapGenerator
+
+#: Default teacher stages: Lite0 features at strides 8 and 16 (the stride-4 stage made the one-shot maps
+#: noisier on validation; see the method README's ablation).
+DEFAULT_LAYERS: tuple[int, ...] = (2, 3)
 
 
 class SirTrainOutput(NamedTuple):
@@ -145,7 +149,9 @@ class SirModel(DynamicBufferMixin, nn.Module):
         layers: timm feature indices used as scales (shallow to deep).
         pre_trained: load pretrained teacher weights (offline; see :mod:`anomalib_sir.teacher`).
         backbone_weights: optional weights file for the teacher.
-        loops: number of refinement loops (shared weights), ``>= 1``.
+        loops: number of refinement loops, ``>= 1``.
+        shared_loops: every loop applies the same decoder (the method's weight sharing); ``False`` gives each
+            loop its own decoder blocks (the reconstruction heads stay shared).
         width: channels of the fused semantic map.
         expansion: channel expansion inside the up-then-down block.
         blocks: up-then-down blocks per loop.
@@ -166,10 +172,11 @@ class SirModel(DynamicBufferMixin, nn.Module):
     def __init__(
         self,
         backbone: str = "tf_efficientnet_lite0",
-        layers: Sequence[int] = (1, 2, 3),
+        layers: Sequence[int] = DEFAULT_LAYERS,
         pre_trained: bool = True,
         backbone_weights: str | Path | None = None,
         loops: int = 3,
+        shared_loops: bool = True,
         width: int = 128,
         expansion: int = 2,
         blocks: int = 1,
@@ -179,7 +186,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         sigma: float = 4.0,
         scale_fusion: ScaleFusion = "mean",
         score_mode: ScoreMode = "topk",
-        topk_ratio: float = 0.01,
+        topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
     ) -> None:
@@ -204,6 +211,12 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.fusion = ScaleFusion2d(channels, width)
         self.dropout = nn.Dropout2d(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
         self.decoder = nn.Sequential(*(UpThenDownBlock(width, expansion) for _ in range(blocks)))
+        self.shared_loops = bool(shared_loops)
+        # Loops 2..n get their own blocks when the weights are not shared (empty otherwise).
+        self.extra_decoders = nn.ModuleList(
+            nn.Sequential(*(UpThenDownBlock(width, expansion) for _ in range(blocks)))
+            for _ in range(0 if self.shared_loops else loops - 1)
+        )
         self.heads = nn.ModuleList(ReconstructionHead(width, c) for c in channels)
         if knn_weight < 0:
             msg = f"knn_weight must be >= 0, got {knn_weight}"
@@ -244,7 +257,8 @@ class SirModel(DynamicBufferMixin, nn.Module):
                 if self.noise_std > 0:
                     fused = fused + self.noise_std * torch.randn_like(fused)
                 fused = self.dropout(fused)
-            decoded = self.decoder(fused)
+            decoder = self.decoder if loop == 0 or self.shared_loops else self.extra_decoders[loop - 1]
+            decoded = decoder(fused)
             current = [head(decoded, size) for head, size in zip(self.heads, sizes, strict=True)]
             outputs.append(list(current))
         return outputs

@@ -1,0 +1,203 @@
+"""Sweep SIR's *scoring* choices without retraining: train once per reference draw, score many ways.
+
+The anomaly map and image score (which teacher stages enter the map, mean vs product fusion, Gaussian
+sigma, top-k fraction, last loop vs the mean over loops, horizontal-flip test-time averaging) do not change
+what the decoder learns, so one training run per seed can be scored in every combination. Training is the
+benchmark harness's own (:func:`anomalib_sir.benchmark.worker.train`: anomalib Engine, same splits,
+teacher, image size and step budget as ``configs/ablation.yaml``); variants are ranked by **validation**
+AUROC (mean over datasets, then over seeds). Test AUROC is printed beside it for the record only.
+
+Maps are scored at 1/4 of the input resolution (the finest teacher stride used by any default) with the
+sigma scaled to match, which keeps ~500 variants x 600 images fast on a CPU.
+
+Usage::
+
+    python benchmarks/scoring_sweep.py                                   # the Sir() defaults
+    python benchmarks/scoring_sweep.py --init-args '{"layers": [1, 2, 3]}' --name stages123
+    python benchmarks/scoring_sweep.py --setting specialized --flip
+
+Writes ``results/sweeps/<name>-<time>/`` (never reuses a folder): ``aurocs.csv`` (seed, dataset, split,
+variant, AUROC) and ``ranking.md`` (every variant, mean ± std over seeds of the mean over datasets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning
+import pandas as pd
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import GaussianBlur2d
+from sklearn.metrics import roc_auc_score
+
+from anomalib_sir.benchmark.config import BenchmarkConfig
+from anomalib_sir.benchmark.grid import expand_grid
+from anomalib_sir.benchmark.worker import build_data_factory, train
+from anomalib_sir.models.sir.loss import cosine_distance
+
+SIGMAS = (2.0, 4.0, 8.0)
+TOPK_RATIOS = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+MAP_STRIDE = 4
+
+
+def per_scale_maps(model: torch.nn.Module, images: torch.Tensor, flip: bool) -> list[list[list[torch.Tensor]]]:
+    """``[view][loop][scale]`` maps ``1 - cos`` (B, 1, h, w) of the SIR torch model for normalised ``images``."""
+    views = [images, torch.flip(images, dims=[-1])] if flip else [images]
+    out = []
+    with torch.no_grad():
+        for index, view in enumerate(views):
+            teacher = model.extract_features(view)
+            loops = []
+            for reconstruction in model.reconstruct(teacher):
+                maps = [cosine_distance(t, r).unsqueeze(1) for t, r in zip(teacher, reconstruction, strict=True)]
+                loops.append([torch.flip(m, dims=[-1]) if index else m for m in maps])
+            out.append(loops)
+    return out
+
+
+def score_variants(maps: list[list[list[torch.Tensor]]], size: int) -> dict[str, torch.Tensor]:
+    """Image scores ``{variant: (B,)}`` for every combination of the scoring choices."""
+    n_views, n_loops, n_scales = len(maps), len(maps[0]), len(maps[0][0])
+    views = {"view1": [0]} | ({"flip": list(range(n_views))} if n_views > 1 else {})
+    loops = {"last": [n_loops - 1]} | ({"loopmean": list(range(n_loops))} if n_loops > 1 else {})
+    subsets = [list(c) for r in range(1, n_scales + 1) for c in itertools.combinations(range(n_scales), r)]
+    blurs = {s: GaussianBlur2d(sigma=s / MAP_STRIDE, channels=1, kernel_size=2 * int(s + 0.5) + 1) for s in SIGMAS}
+    scores = {}
+    for (view_key, view_ids), (loop_key, loop_ids), scales, fusion in itertools.product(
+        views.items(), loops.items(), subsets, ("mean", "product")
+    ):
+        if fusion == "product" and len(scales) == 1:
+            continue
+        fused = 0
+        for v, t in itertools.product(view_ids, loop_ids):
+            stack = torch.stack(
+                [F.interpolate(maps[v][t][s], size=(size, size), mode="bilinear", align_corners=False) for s in scales]
+            )
+            fused = fused + (stack.clamp_min(1e-8).log().mean(0).exp() if fusion == "product" else stack.mean(0))
+        fused = fused / (len(view_ids) * len(loop_ids))
+        stages = "+".join(str(s) for s in scales)
+        for sigma, blur in blurs.items():
+            flat = blur(fused).flatten(1)
+            for ratio in TOPK_RATIOS:
+                k = max(1, round(ratio * flat.shape[1]))
+                key = f"{view_key}/{loop_key}/stages{stages}/{fusion}/sigma{sigma:g}/top{ratio:g}"
+                scores[key] = flat.topk(k, dim=1).values.mean(1)
+    return scores
+
+
+def reference_variant(model: torch.nn.Module, n_scales: int) -> str:
+    """Return the variant key of the model's own scoring (empty if the sweep does not cover it, e.g. max)."""
+    generator = model.anomaly_map_generator
+    if generator.score_mode != "topk":
+        return ""
+    stages = "+".join(str(s) for s in range(n_scales))
+    return f"view1/last/stages{stages}/{generator.scale_fusion}/sigma{generator.sigma:g}/top{generator.topk_ratio:g}"
+
+
+def rank(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean over datasets per seed, then mean ± std over seeds, sorted by validation AUROC."""
+    per_seed = frame.groupby(["variant", "split", "seed"]).auroc.mean().unstack("split")
+    table = per_seed.groupby("variant").agg(["mean", "std"])
+    table.columns = [f"{split}_{stat}" for split, stat in table.columns]
+    return table.sort_values("val_mean", ascending=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse arguments, train per seed, score every variant, write and print the ranking."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/ablation.yaml", help="benchmark config (data, splits, budget)")
+    parser.add_argument("--model", default="SIR", help="model key of the config to train")
+    parser.add_argument("--init-args", default="{}", help="JSON overrides of the model's init_args")
+    parser.add_argument("--setting", default="universal", choices=["universal", "specialized"])
+    parser.add_argument("--shot", default="1", help="k normals per dataset, or 'all'")
+    parser.add_argument("--flip", action="store_true", help="also score horizontal-flip test-time averaging")
+    parser.add_argument("--name", default="scoring", help="run folder prefix under --output")
+    parser.add_argument("--output", default="results/sweeps")
+    args = parser.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    config = BenchmarkConfig.from_yaml(args.config)
+    if args.model not in config.models:
+        msg = f"Model {args.model!r} is not in {args.config}; its models: {sorted(config.models)}"
+        raise SystemExit(msg)
+    spec = config.models[args.model]
+    spec = dataclasses.replace(spec, init_args={**spec.init_args, **json.loads(args.init_args)})
+    config = dataclasses.replace(config, models={**config.models, args.model: spec})
+    shot = None if args.shot == "all" else int(args.shot)
+    cells = [c for c in expand_grid(config) if c.model == args.model and c.setting == args.setting and c.shot == shot]
+    if not cells:
+        msg = f"No {args.setting} {args.shot}-shot cells for model {args.model!r} in {args.config}"
+        raise SystemExit(msg)
+    run_dir = Path(args.output) / f"{args.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    factory = build_data_factory(config)
+    rows, reference = [], ""
+    for cell in cells:
+        start = time.perf_counter()
+        lightning.seed_everything(cell.seed, workers=True, verbose=False)
+        with tempfile.TemporaryDirectory() as work_dir:
+            _, module, _ = train(config, cell, factory, Path(work_dir))
+        model = module.model.eval()
+        normalize = module.pre_processor.transform
+        for dataset in cell.test_datasets:
+            datamodule = factory([dataset], cell.shot, cell.seed)
+            datamodule.setup()
+            for split, data in (("val", datamodule.val_data), ("test", datamodule.test_data)):
+                images = torch.stack([data[i].image for i in range(len(data))])
+                labels = [int(data[i].gt_label) for i in range(len(data))]
+                chunks = [
+                    per_scale_maps(model, normalize(images[i : i + 64]), args.flip) for i in range(0, len(images), 64)
+                ]
+                merged = [
+                    [
+                        [torch.cat([c[v][t][s] for c in chunks]) for s in range(len(scales))]
+                        for t, scales in enumerate(loops)
+                    ]
+                    for v, loops in enumerate(chunks[0])
+                ]
+                size = images.shape[-1] // MAP_STRIDE
+                for variant, scores in score_variants(merged, size).items():
+                    rows.append(
+                        {
+                            "seed": cell.seed,
+                            "dataset": dataset,
+                            "split": split,
+                            "variant": variant,
+                            "auroc": roc_auc_score(labels, scores.numpy()),
+                        }
+                    )
+                reference = reference_variant(model, len(merged[0][0]))
+        print(f"{cell.cell_id}: trained and scored in {time.perf_counter() - start:.0f} s", flush=True)
+
+    frame = pd.DataFrame(rows)
+    frame.to_csv(run_dir / "aurocs.csv", index=False)
+    table = rank(frame)
+    table.insert(0, "reference", ["<- model's own scoring" if v == reference else "" for v in table.index])
+    header = (
+        f"# Scoring sweep `{run_dir.name}`\n\nModel `{args.model}` of `{args.config}` with init_args "
+        f"`{json.dumps(spec.init_args)}`, {args.setting} {args.shot}-shot, seeds {[c.seed for c in cells]}. "
+        "AUROC: mean over datasets per seed, then mean ± std over seeds; ranked by **validation**.\n\n"
+    )
+    (run_dir / "ranking.md").write_text(header + table.round(3).to_markdown() + "\n")
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 10)
+    print(table.round(3).head(15))
+    if reference in table.index:
+        print("model's own scoring:\n", table.loc[[reference]].round(3))
+    print(f"Wrote {run_dir / 'aurocs.csv'} and {run_dir / 'ranking.md'}")
+
+
+if __name__ == "__main__":
+    main()
