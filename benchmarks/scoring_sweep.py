@@ -37,22 +37,25 @@ from pathlib import Path
 import lightning
 import pandas as pd
 import torch
-import torch.nn.functional as F  # noqa: N812
-from anomalib.models.components import GaussianBlur2d
 from sklearn.metrics import roc_auc_score
 
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.grid import expand_grid
 from anomalib_sir.benchmark.worker import build_data_factory, train
-from anomalib_sir.models.sir.loss import cosine_distance
+from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 
 SIGMAS = (2.0, 4.0, 8.0)
 TOPK_RATIOS = (0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
 MAP_STRIDE = 4
 
 
-def per_scale_maps(model: torch.nn.Module, images: torch.Tensor, flip: bool) -> list[list[list[torch.Tensor]]]:
-    """``[view][loop][scale]`` maps ``1 - cos`` (B, 1, h, w) of the SIR torch model for normalised ``images``."""
+def per_scale_maps(
+    model: torch.nn.Module, images: torch.Tensor, size: int, flip: bool
+) -> list[list[list[torch.Tensor]]]:
+    """``[view][loop][scale]`` maps ``1 - cos`` (B, 1, size, size) of the SIR torch model for normalised ``images``.
+
+    Computed by the model's own :meth:`SirAnomalyMapGenerator.scale_maps`; flipped views are flipped back.
+    """
     views = [images, torch.flip(images, dims=[-1])] if flip else [images]
     out = []
     with torch.no_grad():
@@ -60,39 +63,36 @@ def per_scale_maps(model: torch.nn.Module, images: torch.Tensor, flip: bool) -> 
             teacher = model.extract_features(view)
             loops = []
             for reconstruction in model.reconstruct(teacher):
-                maps = [cosine_distance(t, r).unsqueeze(1) for t, r in zip(teacher, reconstruction, strict=True)]
+                maps = SirAnomalyMapGenerator.scale_maps(teacher, reconstruction, (size, size))
                 loops.append([torch.flip(m, dims=[-1]) if index else m for m in maps])
             out.append(loops)
     return out
 
 
-def score_variants(maps: list[list[list[torch.Tensor]]], size: int) -> dict[str, torch.Tensor]:
-    """Image scores ``{variant: (B,)}`` for every combination of the scoring choices."""
+def score_variants(maps: list[list[list[torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Image scores ``{variant: (B,)}`` for every combination of the scoring choices.
+
+    Fusion, smoothing and top-k scoring are :class:`SirAnomalyMapGenerator`'s own (``fuse`` and ``score``),
+    with sigma scaled to the maps' 1/``MAP_STRIDE`` resolution.
+    """
     n_views, n_loops, n_scales = len(maps), len(maps[0]), len(maps[0][0])
     views = {"view1": [0]} | ({"flip": list(range(n_views))} if n_views > 1 else {})
     loops = {"last": [n_loops - 1]} | ({"loopmean": list(range(n_loops))} if n_loops > 1 else {})
     subsets = [list(c) for r in range(1, n_scales + 1) for c in itertools.combinations(range(n_scales), r)]
-    blurs = {s: GaussianBlur2d(sigma=s / MAP_STRIDE, channels=1, kernel_size=2 * int(s + 0.5) + 1) for s in SIGMAS}
+    scorers = {ratio: SirAnomalyMapGenerator(sigma=0.0, topk_ratio=ratio) for ratio in TOPK_RATIOS}
     scores = {}
-    for (view_key, view_ids), (loop_key, loop_ids), scales, fusion in itertools.product(
-        views.items(), loops.items(), subsets, ("mean", "product")
+    for (view_key, view_ids), (loop_key, loop_ids), scales, fusion, sigma in itertools.product(
+        views.items(), loops.items(), subsets, ("mean", "product"), SIGMAS
     ):
         if fusion == "product" and len(scales) == 1:
             continue
-        fused = 0
-        for v, t in itertools.product(view_ids, loop_ids):
-            stack = torch.stack(
-                [F.interpolate(maps[v][t][s], size=(size, size), mode="bilinear", align_corners=False) for s in scales]
-            )
-            fused = fused + (stack.clamp_min(1e-8).log().mean(0).exp() if fusion == "product" else stack.mean(0))
-        fused = fused / (len(view_ids) * len(loop_ids))
+        generator = SirAnomalyMapGenerator(sigma=sigma / MAP_STRIDE, scale_fusion=fusion)
+        pairs = list(itertools.product(view_ids, loop_ids))
+        fused = sum(generator.fuse([maps[v][t][s] for s in scales]) for v, t in pairs) / len(pairs)
         stages = "+".join(str(s) for s in scales)
-        for sigma, blur in blurs.items():
-            flat = blur(fused).flatten(1)
-            for ratio in TOPK_RATIOS:
-                k = max(1, round(ratio * flat.shape[1]))
-                key = f"{view_key}/{loop_key}/stages{stages}/{fusion}/sigma{sigma:g}/top{ratio:g}"
-                scores[key] = flat.topk(k, dim=1).values.mean(1)
+        for ratio, scorer in scorers.items():
+            key = f"{view_key}/{loop_key}/stages{stages}/{fusion}/sigma{sigma:g}/top{ratio:g}"
+            scores[key] = scorer.score(fused)
     return scores
 
 
@@ -157,8 +157,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             for split, data in (("val", datamodule.val_data), ("test", datamodule.test_data)):
                 images = torch.stack([data[i].image for i in range(len(data))])
                 labels = [int(data[i].gt_label) for i in range(len(data))]
+                size = images.shape[-1] // MAP_STRIDE
                 chunks = [
-                    per_scale_maps(model, normalize(images[i : i + 64]), args.flip) for i in range(0, len(images), 64)
+                    per_scale_maps(model, normalize(images[i : i + 64]), size, args.flip)
+                    for i in range(0, len(images), 64)
                 ]
                 merged = [
                     [
@@ -167,8 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     ]
                     for v, loops in enumerate(chunks[0])
                 ]
-                size = images.shape[-1] // MAP_STRIDE
-                for variant, scores in score_variants(merged, size).items():
+                for variant, scores in score_variants(merged).items():
                     rows.append(
                         {
                             "seed": cell.seed,

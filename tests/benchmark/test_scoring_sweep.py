@@ -28,9 +28,9 @@ def sweep():
 def test_variants_cover_every_combination_and_include_the_models_own_scoring(sweep) -> None:
     model = SirModel(pre_trained=False, layers=(1, 2, 3), width=16, loops=2).eval()
     images = torch.rand(3, 3, 64, 64)
-    maps = sweep.per_scale_maps(model, images, flip=True)
+    maps = sweep.per_scale_maps(model, images, size=16, flip=True)
     assert (len(maps), len(maps[0]), len(maps[0][0])) == (2, 2, 3)  # views x loops x scales
-    scores = sweep.score_variants(maps, size=16)
+    scores = sweep.score_variants(maps)
     # 7 stage subsets (4 of them with 2+ stages get a product variant) x 2 views x 2 loop choices x 3 sigmas x 6 top-k
     assert len(scores) == (7 + 4) * 2 * 2 * len(sweep.SIGMAS) * len(sweep.TOPK_RATIOS)
     assert all(s.shape == (3,) and torch.isfinite(s).all() for s in scores.values())

@@ -85,7 +85,16 @@ class SirAnomalyMapGenerator(nn.Module):
         image_size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
         """Return the fused, smoothed ``(B, 1, H, W)`` anomaly map."""
-        maps = [
+        return self.fuse(self.scale_maps(teacher_features, reconstructions, image_size))
+
+    @staticmethod
+    def scale_maps(
+        teacher_features: Sequence[torch.Tensor],
+        reconstructions: Sequence[torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> list[torch.Tensor]:
+        """Per-scale ``1 - cos`` maps, each upsampled to ``(B, 1, *image_size)`` (before fusion)."""
+        return [
             F.interpolate(
                 cosine_distance(t, r).unsqueeze(1),
                 size=tuple(image_size),
@@ -94,7 +103,10 @@ class SirAnomalyMapGenerator(nn.Module):
             )
             for t, r in zip(teacher_features, reconstructions, strict=True)
         ]
-        stacked = torch.stack(maps, dim=0)
+
+    def fuse(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fuse same-sized per-scale maps (mean or geometric mean) and smooth the result."""
+        stacked = torch.stack(list(maps), dim=0)
         geometric = self.scale_fusion == "product"
         fused = stacked.clamp_min(1e-8).log().mean(dim=0).exp() if geometric else stacked.mean(dim=0)
         return self.blur(fused)
