@@ -15,6 +15,8 @@ Usage::
     python benchmarks/scoring_sweep.py                                   # the Sir() defaults
     python benchmarks/scoring_sweep.py --init-args '{"layers": [1, 2, 3]}' --name stages123
     python benchmarks/scoring_sweep.py --setting specialized --flip
+    python benchmarks/scoring_sweep.py --config configs/benchmark.yaml --setting specialized --shot all \
+        --set image_size=256 --name full-px256
 
 Writes ``results/sweeps/<name>-<time>/`` (never reuses a folder): ``aurocs.csv`` (seed, dataset, split,
 variant, AUROC) and ``ranking.md`` (every variant, mean ± std over seeds of the mean over datasets).
@@ -39,6 +41,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
+from anomalib_sir.benchmark.cli import parse_overrides
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.grid import expand_grid
 from anomalib_sir.benchmark.worker import build_data_factory, train
@@ -113,33 +116,61 @@ def rank(frame: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("val_mean", ascending=False)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse arguments, train per seed, score every variant, write and print the ranking."""
+def build_parser() -> argparse.ArgumentParser:
+    """Build the sweep's command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/ablation.yaml", help="benchmark config (data, splits, budget)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a top-level config key as in `anomalib-sir benchmark`, e.g. --set image_size=256",
+    )
     parser.add_argument("--model", default="SIR", help="model key of the config to train")
     parser.add_argument("--init-args", default="{}", help="JSON overrides of the model's init_args")
+    parser.add_argument("--max-steps", type=int, help="override the model's optimisation steps (trainer max_steps)")
     parser.add_argument("--setting", default="universal", choices=["universal", "specialized"])
     parser.add_argument("--shot", default="1", help="k normals per dataset, or 'all'")
     parser.add_argument("--flip", action="store_true", help="also score horizontal-flip test-time averaging")
     parser.add_argument("--name", default="scoring", help="run folder prefix under --output")
     parser.add_argument("--output", default="results/sweeps")
-    args = parser.parse_args(argv)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore")
+    return parser
 
-    config = BenchmarkConfig.from_yaml(args.config)
+
+def sweep_cells(args: argparse.Namespace) -> tuple[BenchmarkConfig, list]:
+    """Apply the command line's overrides to the config; return it and the grid cells of the model to sweep.
+
+    ``--init-args`` override the model's constructor arguments for every shot (also its ``shot_init_args``);
+    ``--max-steps`` its step budget; ``--set`` top-level config keys.
+    """
+    config = BenchmarkConfig.from_yaml(args.config, parse_overrides(args.set))
     if args.model not in config.models:
         msg = f"Model {args.model!r} is not in {args.config}; its models: {sorted(config.models)}"
         raise SystemExit(msg)
     spec = config.models[args.model]
-    spec = dataclasses.replace(spec, init_args={**spec.init_args, **json.loads(args.init_args)})
+    overrides = json.loads(args.init_args)
+    shot_args = {key: {**value, **overrides} for key, value in spec.shot_init_args.items()}
+    spec = dataclasses.replace(spec, init_args={**spec.init_args, **overrides}, shot_init_args=shot_args)
+    if args.max_steps is not None:
+        spec = dataclasses.replace(spec, trainer={**spec.trainer, "max_steps": args.max_steps})
     config = dataclasses.replace(config, models={**config.models, args.model: spec})
     shot = None if args.shot == "all" else int(args.shot)
     cells = [c for c in expand_grid(config) if c.model == args.model and c.setting == args.setting and c.shot == shot]
     if not cells:
         msg = f"No {args.setting} {args.shot}-shot cells for model {args.model!r} in {args.config}"
         raise SystemExit(msg)
+    return config, cells
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse arguments, train per seed, score every variant, write and print the ranking."""
+    args = build_parser().parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    config, cells = sweep_cells(args)
+    spec = config.models[args.model]
     run_dir = Path(args.output) / f"{args.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=False)
     factory = build_data_factory(config)
@@ -150,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as work_dir:
             _, module, _ = train(config, cell, factory, Path(work_dir))
         model = module.model.eval()
+        if model.knn_weight > 0:
+            print(f"{cell.cell_id}: knn_weight={model.knn_weight:g}; the sweep scores the reconstruction term only")
         normalize = module.pre_processor.transform
         for dataset in cell.test_datasets:
             datamodule = factory([dataset], cell.shot, cell.seed)
@@ -188,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     table.insert(0, "reference", ["<- model's own scoring" if v == reference else "" for v in table.index])
     header = (
         f"# Scoring sweep `{run_dir.name}`\n\nModel `{args.model}` of `{args.config}` with init_args "
-        f"`{json.dumps(spec.init_args)}`, {args.setting} {args.shot}-shot, seeds {[c.seed for c in cells]}. "
+        f"`{json.dumps(spec.init_args_for(cells[0].shot))}`, trainer `{json.dumps(dict(spec.trainer))}`, "
+        f"{args.setting} {args.shot}-shot, seeds {[c.seed for c in cells]}. "
         "AUROC: mean over datasets per seed, then mean ± std over seeds; ranked by **validation**.\n\n"
     )
     (run_dir / "ranking.md").write_text(header + table.round(3).to_markdown() + "\n")

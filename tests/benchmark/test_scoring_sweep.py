@@ -53,3 +53,28 @@ def test_ranking_is_by_validation_mean_over_datasets_then_seeds(sweep) -> None:
     assert list(table.index) == ["b", "a"]
     assert table.loc["b", "val_mean"] == pytest.approx(0.8)
     assert table.loc["a", "test_mean"] == pytest.approx(0.9)
+
+
+def test_command_line_overrides_reach_the_swept_model(sweep) -> None:
+    """--init-args beat the config's per-shot arguments, --max-steps the step budget, --set top-level keys."""
+    config_path = Path(__file__).resolve().parents[2] / "configs" / "benchmark.yaml"
+    args = sweep.build_parser().parse_args(
+        [
+            *("--config", str(config_path), "--setting", "specialized", "--shot", "all"),
+            *("--init-args", '{"knn_weight": 0}', "--max-steps", "123", "--set", "image_size=64"),
+        ]
+    )
+    config, cells = sweep.sweep_cells(args)
+    spec = config.models["SIR"]
+    assert config.image_size == 64
+    assert spec.trainer["max_steps"] == 123
+    assert spec.init_args_for(None)["knn_weight"] == 0
+    assert sorted(c.train_datasets for c in cells) == [("chest_xray",), ("headct",)]
+    assert all(c.model == "SIR" and c.setting == "specialized" and c.shot is None for c in cells)
+
+
+def test_a_model_missing_from_the_config_is_named(sweep) -> None:
+    config_path = Path(__file__).resolve().parents[2] / "configs" / "benchmark.yaml"
+    args = sweep.build_parser().parse_args(["--config", str(config_path), "--model", "Nope"])
+    with pytest.raises(SystemExit, match="'Nope' is not in"):
+        sweep.sweep_cells(args)

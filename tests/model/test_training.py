@@ -98,3 +98,36 @@ def test_lightning_training_step_returns_a_differentiable_loss(demo_root: Path) 
     assert loss.requires_grad
     assert loss.ndim == 0
     assert isinstance(model.loss, SirLoss)
+
+
+def test_gamma_and_elastic_views_stay_valid_images() -> None:
+    """Gamma/elastic views keep shape, stay inside the normalised [0, 1] range and differ from the input."""
+    torch.manual_seed(0)
+    model = _small_sir(gamma_jitter=0.5, elastic_alpha=20.0)
+    images = model.pre_processor(torch.rand(4, 3, 64, 64))
+    views = model._augment(images)
+    assert views.shape == images.shape
+    assert torch.isfinite(views).all()
+    # normalised with mean/std 0.5: [0, 1] maps to [-1, 1]; the contrast/brightness jitter widens it a little
+    assert views.abs().max() <= 1.15 * 1.0 + 0.1 + 1e-5
+    assert not torch.allclose(views, images)
+
+
+def test_gamma_jitter_changes_only_intensities() -> None:
+    """With geometry off (gamma only), a view is a monotone re-mapping of each image's intensities."""
+    torch.manual_seed(0)
+    model = _small_sir(gamma_jitter=1.0)
+    model.augmentation = None  # isolate the gamma step from flips/affine and the gain/bias jitter
+    model.gamma_jitter = 1.0
+    images = model.pre_processor(torch.rand(2, 3, 64, 64))
+    views = model._random_gamma(images)
+    for image, view in zip(images, views, strict=True):
+        order = torch.argsort(image.flatten())
+        assert (torch.diff(view.flatten()[order]) >= -1e-6).all()
+    assert not torch.allclose(views, images, atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs", [{"gamma_jitter": -0.1}, {"elastic_alpha": -1.0}])
+def test_negative_augmentation_strengths_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="must be >= 0"):
+        _small_sir(**kwargs)

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ class Sir(AnomalibModule):
         loop_weighting: how loops enter the loss: ``"all"``, ``"last"`` or ``"increasing"``.
         augment: random flips, small rotations/scalings and intensity jitter of training images, so a
             single normal image yields many views.
+        gamma_jitter: with ``augment``, also a random gamma ``g`` per view, log-uniform in
+            ``[1 / (1 + gamma_jitter), 1 + gamma_jitter]``, applied to the ``[0, 1]`` image (``0``: off).
+        elastic_alpha: with ``augment``, also a random elastic deformation of this strength (pixels,
+            torchvision's ``ElasticTransform``, one field per batch; ``0``: off).
         sigma: Gaussian smoothing of the anomaly map (pixels).
         scale_fusion: ``"mean"`` or ``"product"`` of the per-scale maps.
         score_mode: image score, ``"max"`` or ``"topk"`` mean of the map.
@@ -97,6 +102,8 @@ class Sir(AnomalibModule):
         bottleneck_dropout: float = 0.0,
         loop_weighting: LoopWeighting = "all",
         augment: bool = True,
+        gamma_jitter: float = 0.0,
+        elastic_alpha: float = 0.0,
         sigma: float = 4.0,
         scale_fusion: ScaleFusion = "mean",
         score_mode: ScoreMode = "topk",
@@ -141,7 +148,14 @@ class Sir(AnomalibModule):
             memory_bank_size=memory_bank_size,
         )
         self.loss = SirLoss(loop_weighting=loop_weighting)
+        if gamma_jitter < 0 or elastic_alpha < 0:
+            msg = f"gamma_jitter and elastic_alpha must be >= 0, got {gamma_jitter} and {elastic_alpha}"
+            raise ValueError(msg)
         self.augmentation = self.configure_augmentation() if augment else None
+        # One random displacement field per batch (per-image fields cost ~6x more on a CPU).
+        self.elastic = v2.ElasticTransform(alpha=float(elastic_alpha), sigma=5.0) if augment and elastic_alpha else None
+        self.gamma_jitter = float(gamma_jitter) if augment else 0.0
+        self._teacher_mean_std = teacher_normalization(backbone)
         self._bank_batches: list[torch.Tensor] = []
         self._bank_done = False
 
@@ -200,7 +214,13 @@ class Sir(AnomalibModule):
 
     @staticmethod
     def configure_augmentation() -> v2.Transform:
-        """Label-preserving views of normal images, applied on the normalised tensor during training."""
+        """Label-preserving views of normal images, applied per image on the normalised tensor during training.
+
+        Example:
+            >>> len(Sir.configure_augmentation().transforms)
+            2
+
+        """
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(p=0.5),
@@ -208,11 +228,23 @@ class Sir(AnomalibModule):
             ]
         )
 
+    def _random_gamma(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image random gamma on the de-normalised ``[0, 1]`` image, returned re-normalised."""
+        mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in self._teacher_mean_std)
+        log_max = math.log1p(self.gamma_jitter)
+        gamma = torch.empty(images.shape[0], 1, 1, 1, device=images.device).uniform_(-log_max, log_max).exp()
+        unit = (images * std + mean).clamp(0.0, 1.0)
+        return (unit.pow(gamma) - mean) / std
+
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         if self.augmentation is None:
             return images
         views = [self.augmentation(image) for image in images]
         out = torch.stack(views)
+        if self.elastic is not None:
+            out = self.elastic(out)
+        if self.gamma_jitter > 0:
+            out = self._random_gamma(out)
         # Contrast/brightness jitter per image (modality agnostic, works in normalised space).
         gain = torch.empty(out.shape[0], 1, 1, 1, device=out.device).uniform_(0.85, 1.15)
         bias = torch.empty(out.shape[0], 1, 1, 1, device=out.device).uniform_(-0.1, 0.1)
