@@ -146,3 +146,13 @@ def test_knn_term_raises_scores_of_unseen_content() -> None:
     odd[:, :, 20:40, 20:40] = 3.0
     with torch.no_grad():
         assert (model(odd).pred_score > model(normals).pred_score).all()
+
+
+def test_memory_bank_core_set_prints_no_progress_bar(capsys) -> None:
+    """anomalib's sampler draws a tqdm bar per iteration; under Rich (anomalib train) that exhausted memory."""
+    from anomalib_sir.models.sir.torch_model import select_coreset
+
+    coreset = select_coreset(torch.randn(500, 16), sampling_ratio=0.2)
+    assert coreset.shape == (100, 16)
+    captured = capsys.readouterr()
+    assert "Selecting Coreset" not in captured.err + captured.out

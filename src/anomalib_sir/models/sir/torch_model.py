@@ -18,20 +18,26 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
+from unittest import mock
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import DynamicBufferMixin, KCenterGreedy
+from anomalib.models.components.sampling import k_center_greedy
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
 from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, ScaleFusion, ScoreMode, SirAnomalyMapGenerator
+
+logger = logging.getLogger(__name__)
 
 #: Default teacher stages: Lite0 features at strides 8 and 16 (the stride-4 stage made the one-shot maps
 #: noisier on validation; see the method README's ablation).
@@ -302,7 +308,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
             embedding = torch.cat([e.permute(0, 2, 3, 1).reshape(-1, e.shape[1]) for e in embeddings])
             if len(embedding) > self.memory_bank_size:
                 ratio = self.memory_bank_size / len(embedding)
-                embedding = KCenterGreedy(embedding, sampling_ratio=ratio).sample_coreset()
+                embedding = select_coreset(embedding, ratio)
             self.memory_bank = embedding.contiguous()
             # Typical nearest-neighbour distance: each training position to the bank without itself is
             # not available cheaply, so use the mean distance of one half of the bank to the other half.
@@ -342,6 +348,24 @@ class SirModel(DynamicBufferMixin, nn.Module):
             knn_map = self.anomaly_map_generator.blur(knn_map)
             anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
         return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
+
+
+def select_coreset(embedding: torch.Tensor, sampling_ratio: float) -> torch.Tensor:
+    """Select the k-center greedy core-set of ``embedding`` (anomalib's sampler) without its tqdm bar.
+
+    Under Lightning's Rich progress bar (the default of ``anomalib train``) the thousands of tqdm updates of
+    anomalib's sampler are captured and re-rendered by Rich; on a 160-image full-shot training set that
+    exhausted 24 GB of memory. One log line replaces the bar.
+
+    Example:
+        >>> select_coreset(torch.randn(100, 8), sampling_ratio=0.1).shape
+        torch.Size([10, 8])
+
+    """
+    sampler = KCenterGreedy(embedding, sampling_ratio=sampling_ratio)
+    logger.info("kNN memory bank: k-center greedy core-set of %d -> %d vectors", len(embedding), sampler.coreset_size)
+    with mock.patch.object(k_center_greedy, "tqdm", functools.partial(k_center_greedy.tqdm, disable=True)):
+        return sampler.sample_coreset()
 
 
 def _check_positive(**values: int) -> None:
