@@ -68,7 +68,8 @@ class Sir(AnomalibModule):
         augment: random flips, small rotations/scalings and intensity jitter of training images, so a
             single normal image yields many views.
         gamma_jitter: with ``augment``, also a random gamma ``g`` per view, log-uniform in
-            ``[1 / (1 + gamma_jitter), 1 + gamma_jitter]``, applied to the ``[0, 1]`` image (``0``: off).
+            ``[1 / (1 + gamma_jitter), 1 + gamma_jitter]``, applied to the ``[0, 1]`` image (``0``: off;
+            the image is recovered with the teacher's mean/std, as in the default pre-processor).
         elastic_alpha: with ``augment``, also a random elastic deformation of this strength (pixels,
             torchvision's ``ElasticTransform``, one field per batch; ``0``: off).
         sigma: Gaussian smoothing of the anomaly map (pixels).
