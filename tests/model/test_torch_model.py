@@ -149,7 +149,7 @@ def test_knn_term_raises_scores_of_unseen_content() -> None:
 
 
 def test_memory_bank_core_set_prints_no_progress_bar(capsys) -> None:
-    """anomalib's sampler draws a tqdm bar per iteration; under Rich (anomalib train) that exhausted memory."""
+    """anomalib's sampler draws a tqdm bar per iteration; beside Rich's bar (anomalib train) that exhausted memory."""
     from anomalib_sir.models.sir.torch_model import select_coreset
 
     coreset = select_coreset(torch.randn(500, 16), sampling_ratio=0.2)
