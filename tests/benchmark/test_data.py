@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -13,6 +14,7 @@ from anomalib_sir.benchmark.data import (
     Sample,
     SplitDataFactory,
     draw_shot,
+    resized_copy,
     source_from_config,
     split_samples,
 )
@@ -91,6 +93,33 @@ def test_factory_keeps_test_sets_fixed_and_unions_the_shots(tmp_path: Path) -> N
     batch = next(iter(datamodule.test_dataloader()))
     assert tuple(batch.image.shape[1:]) == (3, 16, 16)  # resized cached copies (RGB)
     assert set(batch.gt_label.tolist()) <= {0, 1}
+
+
+def test_folder_source_finds_images_by_content_and_matches_masks(tmp_path: Path) -> None:
+    """16-bit PNGs and extension-less files are read (windowed, not clipped); masks pair by stem."""
+    for folder in ("good", "bad", "masks", "cache"):
+        (tmp_path / folder).mkdir()
+    ramp = np.tile(np.linspace(0, 4000, 32, dtype=np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "good" / "n0.png")  # 16 bit, far above 255
+    Image.new("L", (32, 32), 40).save(tmp_path / "good" / "n1", format="PNG")  # no extension
+    (tmp_path / "good" / "notes.txt").write_text("not an image")
+    Image.new("L", (32, 32), 90).save(tmp_path / "bad" / "a0.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "masks" / "a0_mask.png")
+    source = FolderSource(tmp_path, normal_dirs=("good",), abnormal_dirs=("bad",), mask_dir="masks")
+    samples = source.samples()
+    assert [(s.path.name, s.label, s.mask.name if s.mask else None) for s in samples] == [
+        ("n0.png", 0, None),
+        ("n1", 0, None),
+        ("a0.png", 1, "a0_mask.png"),
+    ]
+    copy = np.asarray(Image.open(resized_copy(samples[0].path, tmp_path / "cache", 16)))
+    assert copy.shape == (16, 16, 3)
+    # 16-bit values scale by the dtype's range: the ramp survives (PIL's RGB conversion clipped it to 255)
+    assert copy[:, 0].max() < copy[:, -1].min() <= copy.max() < 255
+
+    (tmp_path / "masks" / "a0_mask.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"No mask in .*masks.*a0\.png"):
+        source.samples()
 
 
 def test_datamodule_factory_builds_the_packages_medical_datamodules(tmp_path: Path) -> None:

@@ -58,8 +58,24 @@ def test_shipped_configs_parse_and_the_real_grid_is_the_issue_grid() -> None:
     assert real.workers == 1
     assert set(real.models) == {"SIR", "PatchCore", "RD"}
     assert set(real.datasets) == {"headct", "chest_xray"}
-    assert [(s.k, len(s.seeds)) for s in real.shots] == [(1, 3), (None, 1)]
-    assert len(expand_grid(real)) == 36
+    assert [(s.k, len(s.seeds)) for s in real.shots] == [(1, 5), (None, 1)]
+    assert len(expand_grid(real)) == 54  # 5 draws x (2 specialised + 1 universal) x 3 models + 9 full-shot
+
+
+@pytest.mark.parametrize(
+    "name", ["ablation.yaml", "ablation_full_shot.yaml", "ablation_augment.yaml", "ablation_few_shot.yaml"]
+)
+def test_every_ablation_row_builds_a_sir(name: str) -> None:
+    """Each row's constructor arguments exist and are valid (a typo would only fail hours into a run)."""
+    from anomalib_sir import Sir
+
+    config = BenchmarkConfig.from_yaml(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert expand_grid(config)
+    for spec in config.models.values():
+        assert spec.class_path == "anomalib_sir.Sir"
+        for shot in {s.k for s in config.shots}:
+            args = spec.init_args_for(shot)
+            Sir(**{**args, "pre_trained": False, "image_size": (64, 64)})  # no weights needed to check args
 
 
 def test_cli_lists_the_grid_and_rejects_a_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +84,7 @@ def test_cli_lists_the_grid_and_rejects_a_bad_config(tmp_path: Path, capsys: pyt
     config = Path(__file__).resolve().parents[2] / "configs" / "benchmark.yaml"
     assert main(["--config", str(config), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-1] == "36 cells"
+    assert out[-1] == "54 cells"
     assert "SIR__universal__1-shot__seed2__headct+chest_xray " in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: {}\n")

@@ -131,3 +131,19 @@ def test_gamma_jitter_changes_only_intensities() -> None:
 def test_negative_augmentation_strengths_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="must be >= 0"):
         _small_sir(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"rotation_degrees": -1.0}, {"translate_fraction": 1.0}, {"scale_jitter": 1.0}, {"scale_jitter": -0.1}]
+)
+def test_out_of_range_view_strengths_are_refused(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        _small_sir(**kwargs)
+
+
+def test_view_strengths_reach_the_affine_transform() -> None:
+    model = _small_sir(rotation_degrees=20.0, translate_fraction=0.15, scale_jitter=0.25)
+    affine = model.augmentation.transforms[1]
+    assert affine.degrees == [-20.0, 20.0]
+    assert affine.translate == (0.15, 0.15)
+    assert affine.scale == (0.75, 1.25)

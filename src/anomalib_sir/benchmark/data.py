@@ -53,7 +53,8 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.utils import LabelName, TestSplitMode, ValSplitMode
 from PIL import Image
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+from anomalib_sir.data.io import list_images, read_image
+from anomalib_sir.data.layouts import match_masks
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,6 @@ class Sample:
     path: Path
     label: int
     mask: Path | None = None
-
-
-def _images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        msg = f"Image folder not found: {folder}"
-        raise FileNotFoundError(msg)
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -125,7 +119,11 @@ class FolderSource:
         root: dataset folder.
         normal_dirs: folders of normal images, relative to ``root`` (all of them are pooled).
         abnormal_dirs: folders of abnormal images.
-        mask_dir: optional folder of masks for abnormal images, named ``<stem>_mask.png`` or ``<stem>.png``.
+        mask_dir: optional folder of masks for abnormal images, named like their image (``<stem>.png``,
+            ``<stem>_mask.png``, ...; see :func:`anomalib_sir.data.layouts.match_masks`).
+
+    Images are found by content in each folder (not its sub-folders), in any format
+    :func:`anomalib_sir.data.io.read_image` reads (PNG, JPEG, TIFF, DICOM, 2-D NIfTI, ...).
 
     """
 
@@ -134,22 +132,24 @@ class FolderSource:
     abnormal_dirs: Sequence[str] = ("train/PNEUMONIA",)
     mask_dir: str | None = None
 
-    def _mask(self, image: Path) -> Path | None:
+    def _masks(self, images: Sequence[Path]) -> list[Path | None]:
         if self.mask_dir is None:
-            return None
-        for name in (f"{image.stem}_mask.png", f"{image.stem}.png"):
-            candidate = Path(self.root) / self.mask_dir / name
-            if candidate.is_file():
-                return candidate
-        msg = f"No mask for {image} in {Path(self.root) / self.mask_dir}"
-        raise FileNotFoundError(msg)
+            return [None] * len(images)
+        folder = Path(self.root) / self.mask_dir
+        masks = match_masks([str(p) for p in images], list_images(folder, recursive=False))
+        missing = [str(image) for image, mask in zip(images, masks, strict=True) if not mask]
+        if missing:
+            msg = f"No mask in {folder} for {len(missing)} abnormal image(s), e.g. {missing[:3]}"
+            raise FileNotFoundError(msg)
+        return [Path(mask) for mask in masks]
 
     def samples(self) -> list[Sample]:
         """List every image of the normal and abnormal folders."""
         root = Path(self.root)
-        normals = [Sample(p, 0) for d in self.normal_dirs for p in _images(root / d)]
-        abnormals = [Sample(p, 1, self._mask(p)) for d in self.abnormal_dirs for p in _images(root / d)]
-        return normals + abnormals
+        normals = [Sample(Path(p), 0) for d in self.normal_dirs for p in list_images(root / d, recursive=False)]
+        abnormal_images = [Path(p) for d in self.abnormal_dirs for p in list_images(root / d, recursive=False)]
+        masks = self._masks(abnormal_images)
+        return normals + [Sample(p, 1, m) for p, m in zip(abnormal_images, masks, strict=True)]
 
 
 class SampleSource(Protocol):
@@ -382,12 +382,16 @@ class DataFactory(Protocol):
         ...
 
 
-def _resized_copy(sample_path: Path, cache_dir: Path, size: int) -> Path:
-    """Resize ``sample_path`` to ``size`` x ``size`` once (RGB PNG in ``cache_dir``); return the copy."""
+def resized_copy(sample_path: Path, cache_dir: Path, size: int) -> Path:
+    """Resize ``sample_path`` to ``size`` x ``size`` once (8-bit RGB PNG in ``cache_dir``); return the copy.
+
+    The image is read by :func:`anomalib_sir.data.io.read_image` (any supported format, windowed to [0, 1]).
+    """
     digest = hashlib.sha1(f"{sample_path.resolve()}|{size}".encode()).hexdigest()[:16]
     target = cache_dir / f"{sample_path.stem}-{digest}.png"
     if not target.is_file():
-        image = Image.open(sample_path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        pixels = np.round(read_image(sample_path) * 255.0).astype(np.uint8)
+        image = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
         tmp = target.with_suffix(f".{os.getpid()}.tmp.png")
         image.save(tmp)
         os.replace(tmp, target)
@@ -424,7 +428,7 @@ class SplitDataFactory:
         if self.cache_size is None or self.cache_dir is None or sample.mask is not None:
             return sample
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        return Sample(_resized_copy(sample.path, self.cache_dir, self.cache_size), sample.label, sample.mask)
+        return Sample(resized_copy(sample.path, self.cache_dir, self.cache_size), sample.label, sample.mask)
 
     def split(self, name: str) -> DatasetSplit:
         """Return the fixed split of dataset ``name`` (computed once)."""

@@ -35,14 +35,11 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms import v2
 
-from anomalib_sir.teacher import teacher_normalization
+from anomalib_sir.pre_processing import DEFAULT_IMAGE_SIZE, TeacherPreProcessor, normalization_of
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, ScaleFusion, ScoreMode
 from .loss import LoopWeighting, SirLoss
 from .torch_model import DEFAULT_LAYERS, SirModel
-
-#: Default input size (chosen over 256 px on validation AUROC, see the README's ablation).
-DEFAULT_IMAGE_SIZE: tuple[int, int] = (128, 128)
 
 
 class Sir(AnomalibModule):
@@ -65,11 +62,15 @@ class Sir(AnomalibModule):
         noise_std: Gaussian noise on the fused map during training.
         bottleneck_dropout: channel dropout on the fused map during training.
         loop_weighting: how loops enter the loss: ``"all"``, ``"last"`` or ``"increasing"``.
-        augment: random flips, small rotations/scalings and intensity jitter of training images, so a
+        augment: random flips, small rotations/shifts/scalings and intensity jitter of training images, so a
             single normal image yields many views.
+        rotation_degrees: with ``augment``, random rotations in ``[-rotation_degrees, rotation_degrees]``.
+        translate_fraction: with ``augment``, random shifts up to this fraction of the image side.
+        scale_jitter: with ``augment``, random zoom in ``[1 - scale_jitter, 1 + scale_jitter]`` (field-of-view
+            changes between scans).
         gamma_jitter: with ``augment``, also a random gamma ``g`` per view, log-uniform in
             ``[1 / (1 + gamma_jitter), 1 + gamma_jitter]``, applied to the ``[0, 1]`` image (``0``: off;
-            the image is recovered with the teacher's mean/std, as in the default pre-processor).
+            the image is recovered with the mean/std of the pre-processor's ``Normalize``, if any).
         elastic_alpha: with ``augment``, also a random elastic deformation of this strength (pixels,
             torchvision's ``ElasticTransform``, one field per batch; ``0``: off).
         sigma: Gaussian smoothing of the anomaly map (pixels).
@@ -103,6 +104,9 @@ class Sir(AnomalibModule):
         bottleneck_dropout: float = 0.0,
         loop_weighting: LoopWeighting = "all",
         augment: bool = True,
+        rotation_degrees: float = 10.0,
+        translate_fraction: float = 0.05,
+        scale_jitter: float = 0.1,
         gamma_jitter: float = 0.0,
         elastic_alpha: float = 0.0,
         sigma: float = 4.0,
@@ -152,11 +156,12 @@ class Sir(AnomalibModule):
         if gamma_jitter < 0 or elastic_alpha < 0:
             msg = f"gamma_jitter and elastic_alpha must be >= 0, got {gamma_jitter} and {elastic_alpha}"
             raise ValueError(msg)
-        self.augmentation = self.configure_augmentation() if augment else None
+        self.augmentation = (
+            self.configure_augmentation(rotation_degrees, translate_fraction, scale_jitter) if augment else None
+        )
         # One random displacement field per batch (per-image fields cost ~6x more on a CPU).
         self.elastic = v2.ElasticTransform(alpha=float(elastic_alpha), sigma=5.0) if augment and elastic_alpha else None
         self.gamma_jitter = float(gamma_jitter) if augment else 0.0
-        self._teacher_mean_std = teacher_normalization(backbone)
         self._bank_batches: list[torch.Tensor] = []
         self._bank_done = False
 
@@ -166,7 +171,7 @@ class Sir(AnomalibModule):
         image_size: tuple[int, int] | None = None,
         backbone: str = "tf_efficientnet_lite0",
     ) -> PreProcessor:
-        """Resize to ``image_size`` and normalise with the *teacher's* own mean/std.
+        """Resize to ``image_size`` and normalise with the *teacher's* own mean/std (:class:`TeacherPreProcessor`).
 
         The pre-processor is part of the exported graph, so exported models take raw ``[0, 1]`` images.
 
@@ -175,15 +180,7 @@ class Sir(AnomalibModule):
             [0.5, 0.5, 0.5]
 
         """
-        mean, std = teacher_normalization(backbone)
-        return PreProcessor(
-            transform=v2.Compose(
-                [
-                    v2.Resize(tuple(image_size or DEFAULT_IMAGE_SIZE), antialias=True),
-                    v2.Normalize(mean=list(mean), std=list(std)),
-                ]
-            ),
-        )
+        return TeacherPreProcessor(image_size=image_size or DEFAULT_IMAGE_SIZE, backbone=backbone)
 
     def configure_post_processor(self) -> PostProcessor:
         """Rank-preserving post-processor: monotonic normalisation, thresholds fitted per dataset.
@@ -214,24 +211,50 @@ class Sir(AnomalibModule):
         return PerDatasetEvaluator()
 
     @staticmethod
-    def configure_augmentation() -> v2.Transform:
+    def configure_augmentation(
+        rotation_degrees: float = 10.0,
+        translate_fraction: float = 0.05,
+        scale_jitter: float = 0.1,
+    ) -> v2.Transform:
         """Label-preserving views of normal images, applied per image on the normalised tensor during training.
 
+        A horizontal flip, then a random affine map (rotation, shift and zoom of the given strengths).
+
+        Raises:
+            ValueError: a negative strength, a shift of the whole image or more, or a zoom of 100 % or more.
+
         Example:
-            >>> len(Sir.configure_augmentation().transforms)
-            2
+            >>> Sir.configure_augmentation(scale_jitter=0.25).transforms[1].scale
+            (0.75, 1.25)
 
         """
+        if rotation_degrees < 0 or not 0 <= translate_fraction < 1 or not 0 <= scale_jitter < 1:
+            msg = (
+                "need rotation_degrees >= 0, 0 <= translate_fraction < 1 and 0 <= scale_jitter < 1; got "
+                f"{rotation_degrees}, {translate_fraction}, {scale_jitter}"
+            )
+            raise ValueError(msg)
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(p=0.5),
-                v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+                v2.RandomAffine(
+                    degrees=float(rotation_degrees),
+                    translate=(float(translate_fraction),) * 2,
+                    scale=(1.0 - scale_jitter, 1.0 + scale_jitter),
+                ),
             ]
         )
 
     def _random_gamma(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-image random gamma on the de-normalised ``[0, 1]`` image, returned re-normalised."""
-        mean, std = (torch.tensor(v, device=images.device).view(1, -1, 1, 1) for v in self._teacher_mean_std)
+        """Per-image random gamma on the de-normalised ``[0, 1]`` image, returned re-normalised.
+
+        The normalisation undone is the pre-processor's (:func:`~anomalib_sir.pre_processing.normalization_of`).
+        """
+        pre_processor = self.pre_processor if isinstance(self.pre_processor, PreProcessor) else None
+        mean, std = (
+            torch.tensor(v, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+            for v in normalization_of(pre_processor)
+        )
         log_max = math.log1p(self.gamma_jitter)
         gamma = torch.empty(images.shape[0], 1, 1, 1, device=images.device).uniform_(-log_max, log_max).exp()
         unit = (images * std + mean).clamp(0.0, 1.0)
