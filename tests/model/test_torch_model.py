@@ -156,3 +156,19 @@ def test_memory_bank_core_set_prints_no_progress_bar(capsys) -> None:
     assert coreset.shape == (100, 16)
     captured = capsys.readouterr()
     assert "Selecting Coreset" not in captured.err + captured.out
+
+
+def test_standardized_input_ignores_exposure_and_contrast() -> None:
+    """With ``standardize_input`` a brighter, higher-contrast copy of an image gets the same map and score."""
+    torch.manual_seed(0)
+    model = SirModel(pre_trained=False, width=16, loops=2, standardize_input=True).eval()
+    plain = SirModel(pre_trained=False, width=16, loops=2, standardize_input=False).eval()
+    plain.load_state_dict(model.state_dict())
+    images = torch.rand(2, 3, 64, 64) - 0.5
+    changed = 1.7 * images + 0.3
+    with torch.no_grad():
+        out, out_changed = model(images), model(changed)
+        raw, raw_changed = plain(images), plain(changed)
+    assert torch.allclose(out.anomaly_map, out_changed.anomaly_map, atol=1e-4)
+    assert torch.allclose(out.pred_score, out_changed.pred_score, atol=1e-5)
+    assert not torch.allclose(raw.pred_score, raw_changed.pred_score, atol=1e-3)  # without it, they differ

@@ -81,6 +81,8 @@ class Sir(AnomalibModule):
             of the training normals), added to the reconstruction map; ``0`` disables it. The bank is
             built from the (un-augmented) training images seen in the first epoch.
         memory_bank_size: maximum memory-bank size (k-center greedy core-set beyond it).
+        standardize_input: standardise each image (zero mean, fixed spread) before the teacher, for
+            exposure/contrast differences between scans (default on: chosen on validation AUROC).
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True``: defaults).
@@ -115,6 +117,7 @@ class Sir(AnomalibModule):
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
+        standardize_input: bool = True,
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         pre_processor: PreProcessor | bool = True,
@@ -151,6 +154,7 @@ class Sir(AnomalibModule):
             topk_ratio=topk_ratio,
             knn_weight=knn_weight,
             memory_bank_size=memory_bank_size,
+            standardize_input=standardize_input,
         )
         self.loss = SirLoss(loop_weighting=loop_weighting)
         if gamma_jitter < 0 or elastic_alpha < 0:
