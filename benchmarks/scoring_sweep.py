@@ -12,7 +12,7 @@ sigma scaled to match, which keeps ~500 variants x 600 images fast on a CPU.
 
 Usage::
 
-    python benchmarks/scoring_sweep.py                                   # the Sir() defaults
+    python benchmarks/scoring_sweep.py                                   # the ablation's reference SIR
     python benchmarks/scoring_sweep.py --init-args '{"layers": [1, 2, 3]}' --name stages123
     python benchmarks/scoring_sweep.py --setting specialized --flip
     python benchmarks/scoring_sweep.py --config configs/benchmark.yaml --setting specialized --shot all \

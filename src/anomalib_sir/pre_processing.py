@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms import v2
@@ -70,14 +70,16 @@ def normalization_of(pre_processor: PreProcessor | None) -> tuple[tuple[float, .
         ((0.0,), (1.0,))
 
     """
-    transform = getattr(pre_processor, "transform", None)
-    stack = [transform] if transform is not None else []
-    found: v2.Normalize | None = None
-    while stack:
-        current = stack.pop(0)
-        if isinstance(current, v2.Normalize):
-            found = current
-        stack.extend(getattr(current, "transforms", []))
-    if found is None:
+    normalizes = list(_normalizes(getattr(pre_processor, "transform", None)))
+    if not normalizes:
         return (0.0,), (1.0,)
-    return tuple(float(m) for m in found.mean), tuple(float(s) for s in found.std)
+    last = normalizes[-1]
+    return tuple(float(m) for m in last.mean), tuple(float(s) for s in last.std)
+
+
+def _normalizes(transform: object) -> Iterator[v2.Normalize]:
+    """Every ``Normalize`` inside ``transform`` (nested ``Compose``s included), in the order they are applied."""
+    if isinstance(transform, v2.Normalize):
+        yield transform
+    for inner in getattr(transform, "transforms", []):
+        yield from _normalizes(inner)
