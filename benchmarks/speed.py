@@ -189,30 +189,17 @@ def build_sir(image_size: int, ckpt: Path | None, sir_args: Mapping[str, Any] | 
     return Sir(image_size=(image_size, image_size), **(sir_args or {})).eval()
 
 
-def set_mmap_threshold(size: int = 1 << 20) -> bool:
-    """Set glibc's ``M_MMAP_THRESHOLD`` (what ``MALLOC_MMAP_THRESHOLD_`` does), after start-up.
-
-    PatchCore's core-set selection otherwise keeps freed blocks on the heap until memory runs out.
-    Returns whether it was applied (``False`` off glibc).
-    """
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, size))  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
-
-
 def build_patchcore(image_size: int, train_images: int, coreset_ratio: float) -> torch.nn.Module:
     """PatchCore on SIR's teacher and pre-processor, memory bank from generated normal images."""
     from anomalib.models import Patchcore
 
     from anomalib_sir import Sir
+    from anomalib_sir.allocator import limit_heap_fragmentation
     from anomalib_sir.data.demo import generate_demo_dataset
     from anomalib_sir.data.io import read_image
     from anomalib_sir.teacher import install_offline_teacher
 
-    set_mmap_threshold()
+    limit_heap_fragmentation()
     install_offline_teacher("tf_efficientnet_lite0")
     model = Patchcore(
         backbone="tf_efficientnet_lite0",

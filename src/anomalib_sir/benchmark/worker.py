@@ -20,7 +20,6 @@ The result is a JSON-serialisable dict: ``{"cell": ..., "rows": [one per test da
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import logging
 import os
@@ -45,36 +44,15 @@ from anomalib.metrics import AUPR, AUROC, F1AdaptiveThreshold, F1Max, F1Score
 from anomalib.models.components import AnomalibModule
 
 from anomalib_sir import Sir
+from anomalib_sir.allocator import limit_heap_fragmentation
 from anomalib_sir.benchmark.config import BenchmarkConfig, ModelSpec
 from anomalib_sir.benchmark.data import DataFactory, SplitDataFactory, source_from_config
 from anomalib_sir.benchmark.grid import Cell
 
 logger = logging.getLogger(__name__)
 
+
 #: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
-_M_MMAP_THRESHOLD = -3
-#: Allocations above this size get their own mmap (returned to the OS on free); see docs/benchmark.md.
-MMAP_THRESHOLD_BYTES = 1_048_576
-
-
-def limit_heap_fragmentation(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Set glibc's mmap threshold in *this* process (what ``MALLOC_MMAP_THRESHOLD_`` does at start-up).
-
-    PatchCore's core-set selection allocates many large temporaries; with glibc's dynamic threshold they
-    land on the heap and fragment it (24 GB observed on a 20-image set). Returns ``False`` off glibc.
-
-    Example:
-        >>> limit_heap_fragmentation() in (True, False)
-        True
-
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(threshold)))
-
-
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
