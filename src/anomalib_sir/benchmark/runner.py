@@ -50,6 +50,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from anomalib_sir.allocator import MMAP_THRESHOLD_BYTES
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.grid import Cell, cell_fingerprint, expand_grid
 
@@ -59,7 +60,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 #: Environment every cell process inherits (glibc reads MALLOC_* at process start).
 CELL_ENVIRONMENT: dict[str, str] = {
-    "MALLOC_MMAP_THRESHOLD_": "1048576",
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }

@@ -52,7 +52,6 @@ from anomalib_sir.benchmark.grid import Cell
 logger = logging.getLogger(__name__)
 
 
-#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD`` (malloc.h).
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
