@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "across_splits.py"
-
-
-@pytest.fixture(scope="module")
-def across_splits():
-    spec = importlib.util.spec_from_file_location("across_splits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
 
 
 def _write_cell(cells: Path, shot: str, seed: int, auroc: float) -> None:

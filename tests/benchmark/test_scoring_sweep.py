@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,18 +9,6 @@ import pytest
 import torch
 
 from anomalib_sir.models.sir.torch_model import SirModel
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scoring_sweep.py"
-
-
-@pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("scoring_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
 
 
 def test_variants_cover_every_combination_and_include_the_models_own_scoring(sweep) -> None:
