@@ -147,3 +147,48 @@ def test_view_strengths_reach_the_affine_transform() -> None:
     assert affine.degrees == [-20.0, 20.0]
     assert affine.translate == (0.15, 0.15)
     assert affine.scale == (0.75, 1.25)
+
+
+def test_knn_term_scales_come_from_the_final_decoder(demo_root: Path, tmp_path: Path) -> None:
+    """The reconstruction scale is re-fitted after training, and the saved checkpoint holds that value."""
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from lightning.pytorch import Callback
+
+    class FirstEpochScale(Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            if trainer.current_epoch == 1:
+                self.value = module.model.map_scales.clone()
+
+    recorder = FirstEpochScale()
+    datamodule = Folder(
+        name="knn_scale",
+        root=demo_root,
+        normal_dir="train/good",
+        abnormal_dir="test/lesion",
+        normal_test_dir="test/good",
+        train_batch_size=4,
+        num_workers=0,
+    )
+    torch.manual_seed(0)
+    model = _small_sir(knn_weight=1.0, pre_trained=False)
+    engine = Engine(
+        max_steps=12,  # 12 images in batches of 4: four epochs
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[recorder],
+    )
+    engine.fit(model=model, datamodule=datamodule)
+
+    final = model.model.map_scales.clone()
+    assert final[1] == recorder.value[1]  # the kNN scale depends on the frozen teacher only
+    assert not torch.isclose(final[0], recorder.value[0])  # the decoder trained on after the first epoch
+    model.model.fit_reconstruction_scale(model._scale_images)
+    assert torch.allclose(model.model.map_scales, final)  # = the final decoder's mean map on the normals
+    (checkpoint,) = tmp_path.rglob("*.ckpt")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]["model.map_scales"]
+    assert torch.allclose(saved, final)

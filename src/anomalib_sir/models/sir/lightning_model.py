@@ -79,7 +79,9 @@ class Sir(AnomalibModule):
         topk_ratio: fraction of pixels for ``"topk"`` (default 0.2, chosen on validation AUROC).
         knn_weight: weight of the nearest-neighbour term (distance of teacher features to a memory bank
             of the training normals), added to the reconstruction map; ``0`` disables it. The bank is
-            built from the (un-augmented) training images seen in the first epoch.
+            built from the (un-augmented) training images seen in the first epoch. Each term is divided by
+            its mean on training normals (the reconstruction term's with the final decoder), so the weight
+            is unit-free.
         memory_bank_size: maximum memory-bank size (k-center greedy core-set beyond it).
         standardize_input: standardise each image (zero mean, fixed spread) before the teacher, for
             exposure/contrast differences between scans (default on: chosen on validation AUROC).
@@ -88,6 +90,10 @@ class Sir(AnomalibModule):
         pre_processor, post_processor, evaluator, visualizer: anomalib components (``True``: defaults).
 
     """
+
+    #: With ``knn_weight > 0``: how many of the first epoch's training images are kept to re-fit the
+    #: reconstruction term's scale once the decoder has trained (before validation, after the last epoch).
+    SCALE_IMAGES = 64
 
     def __init__(
         self,
@@ -168,6 +174,7 @@ class Sir(AnomalibModule):
         self.gamma_jitter = float(gamma_jitter) if augment else 0.0
         self._bank_batches: list[torch.Tensor] = []
         self._bank_done = False
+        self._scale_images: torch.Tensor | None = None
 
     @classmethod
     def configure_pre_processor(
@@ -302,24 +309,49 @@ class Sir(AnomalibModule):
         return {"loss": loss}
 
     def _finalize_memory_bank(self) -> None:
-        """Fit the memory bank and map scales from the images collected in the first epoch."""
+        """Fit the memory bank and map scales from the images collected in the first epoch.
+
+        Up to ``SCALE_IMAGES`` of those images are kept to re-fit the reconstruction scale later, with the
+        decoder as it is then (it is still early in training now).
+        """
         if self._bank_done or not self._bank_batches:
             return
         self.model.fit_memory_bank(self._bank_batches)
+        self._scale_images = torch.cat(self._bank_batches)[: self.SCALE_IMAGES]
         self._bank_batches = []
         self._bank_done = True
 
+    def _refit_reconstruction_scale(self) -> None:
+        """Re-fit the reconstruction term's scale with the current decoder (only with the kNN term)."""
+        if self._scale_images is not None:
+            self.model.fit_reconstruction_scale(self._scale_images.split(32))
+
+    def _last_epoch(self) -> bool:
+        """Whether training stops after this epoch (step/epoch budget reached or a stop was requested)."""
+        trainer = self.trainer
+        steps_done = trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
+        epochs_done = trainer.max_epochs not in (None, -1) and self.current_epoch + 1 >= trainer.max_epochs
+        return bool(trainer.should_stop or steps_done or epochs_done)
+
     def on_train_epoch_end(self) -> None:
-        """Build the memory bank once the first epoch has shown every training image."""
+        """Build the memory bank once the first epoch has shown every training image.
+
+        After the last epoch the reconstruction scale is re-fitted here too, so that the checkpoint Lightning
+        saves right after this hook holds the scale of the final decoder.
+        """
         self._finalize_memory_bank()
+        if self._last_epoch():
+            self._refit_reconstruction_scale()
 
     def on_validation_epoch_start(self) -> None:
-        """Build the memory bank first: validation may run before the first epoch ends."""
+        """Build the memory bank first (validation may run before the first epoch ends), then re-scale."""
         self._finalize_memory_bank()
+        self._refit_reconstruction_scale()
 
     def on_train_end(self) -> None:
-        """Training stopped inside the first epoch (``max_steps``): build the bank from what was seen."""
+        """Build the bank if training stopped inside the first epoch; scale the terms with the final decoder."""
         self._finalize_memory_bank()
+        self._refit_reconstruction_scale()
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""

@@ -332,12 +332,35 @@ class SirModel(DynamicBufferMixin, nn.Module):
                 knn_scale = torch.ones(())
         else:
             knn_scale = torch.ones(())
+        self.map_scales = torch.stack([self.map_scales[0], knn_scale.clamp_min(1e-6).float()])
+        self.train(was_training)
+        self.fit_reconstruction_scale(batches)
+
+    @torch.no_grad()
+    def fit_reconstruction_scale(self, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Set the reconstruction term's scale to its mean map value on pre-processed normal ``images``.
+
+        The scale depends on the decoder, so call it again whenever the decoder has changed (the Lightning
+        module does so before validation and at the end of training); the nearest-neighbour scale depends
+        only on the frozen teacher and is set once by :meth:`fit_memory_bank`.
+
+        Example:
+            >>> model = SirModel(pre_trained=False, width=8, loops=1)
+            >>> model.fit_reconstruction_scale(torch.rand(2, 3, 64, 64))
+            >>> bool(model.map_scales[0] > 0), float(model.map_scales[1])
+            (True, 1.0)
+
+        """
+        batches = [images] if isinstance(images, torch.Tensor) else list(images)
+        was_training = self.training
+        self.eval()
         recon_means = []
-        for batch, feature in zip(batches, features, strict=True):
+        for batch in batches:
+            feature = self.extract_features(batch)
             reconstruction = self.reconstruct(feature)[-1]
             recon_means.append(self.anomaly_map_generator(feature, reconstruction, batch.shape[-2:]).mean().reshape(1))
-        recon_scale = torch.cat(recon_means).mean()
-        self.map_scales = torch.stack([recon_scale.clamp_min(1e-6), knn_scale.clamp_min(1e-6)]).float()
+        recon_scale = torch.cat(recon_means).mean().clamp_min(1e-6).float()
+        self.map_scales = torch.stack([recon_scale, self.map_scales[1]])
         self.train(was_training)
 
     def forward(self, images: torch.Tensor) -> SirTrainOutput | InferenceBatch:
