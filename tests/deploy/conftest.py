@@ -12,23 +12,7 @@ from PIL import Image
 SIR_SMALL = {"image_size": (64, 64), "width": 32, "loops": 2}
 
 
-def _folder_datamodule(root: Path):
-    from anomalib.data import Folder
-
-    return Folder(
-        name="deploy_tiny",
-        root=root,
-        normal_dir="train/good",
-        normal_test_dir="test/good",
-        abnormal_dir="test/lesion",
-        train_batch_size=4,
-        eval_batch_size=8,
-        num_workers=0,
-        val_split_mode="same_as_test",
-    )
-
-
-def _fit(model, demo_root: Path, workdir: Path):
+def _fit(model, datamodule, workdir: Path):
     """A few Engine steps plus the validation pass that sets the post-processor's thresholds."""
     import torch
     from anomalib.engine import Engine
@@ -41,7 +25,7 @@ def _fit(model, demo_root: Path, workdir: Path):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    engine.fit(model=model, datamodule=_folder_datamodule(demo_root))
+    engine.fit(model=model, datamodule=datamodule)
     return model.eval()
 
 
@@ -63,11 +47,11 @@ def sir_fit_dir(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def trained_sir(demo_root: Path, sir_fit_dir: Path):
+def trained_sir(demo_datamodule, sir_fit_dir: Path):
     """SIR with the default (pretrained, offline) EfficientNet-Lite0 teacher."""
     from anomalib_sir import Sir
 
-    return _fit(Sir(**SIR_SMALL), demo_root, sir_fit_dir)
+    return _fit(Sir(**SIR_SMALL), demo_datamodule(), sir_fit_dir)
 
 
 @pytest.fixture(scope="session")
@@ -78,12 +62,12 @@ def sir_checkpoint(trained_sir, sir_fit_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_sir_resnet(demo_root: Path, tmp_path_factory: pytest.TempPathFactory):
+def trained_sir_resnet(demo_datamodule, tmp_path_factory: pytest.TempPathFactory):
     """SIR with another backbone: timm resnet18, random weights (parity does not need pretraining)."""
     from anomalib_sir import Sir
 
     model = Sir(backbone="resnet18", layers=(1, 2, 3), pre_trained=False, **SIR_SMALL)
-    return _fit(model, demo_root, tmp_path_factory.mktemp("fit_resnet"))
+    return _fit(model, demo_datamodule(), tmp_path_factory.mktemp("fit_resnet"))
 
 
 @pytest.fixture(scope="session")

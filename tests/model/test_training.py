@@ -149,9 +149,8 @@ def test_view_strengths_reach_the_affine_transform() -> None:
     assert affine.scale == (0.75, 1.25)
 
 
-def test_knn_term_scales_come_from_the_final_decoder(demo_root: Path, tmp_path: Path) -> None:
+def test_knn_term_scales_come_from_the_final_decoder(demo_datamodule, tmp_path: Path) -> None:
     """The reconstruction scale is re-fitted after training, and the saved checkpoint holds that value."""
-    from anomalib.data import Folder
     from anomalib.engine import Engine
     from lightning.pytorch import Callback
 
@@ -161,15 +160,6 @@ def test_knn_term_scales_come_from_the_final_decoder(demo_root: Path, tmp_path: 
                 self.value = module.model.map_scales.clone()
 
     recorder = FirstEpochScale()
-    datamodule = Folder(
-        name="knn_scale",
-        root=demo_root,
-        normal_dir="train/good",
-        abnormal_dir="test/lesion",
-        normal_test_dir="test/good",
-        train_batch_size=4,
-        num_workers=0,
-    )
     torch.manual_seed(0)
     model = _small_sir(knn_weight=1.0, pre_trained=False)
     engine = Engine(
@@ -182,7 +172,7 @@ def test_knn_term_scales_come_from_the_final_decoder(demo_root: Path, tmp_path: 
         num_sanity_val_steps=0,
         callbacks=[recorder],
     )
-    engine.fit(model=model, datamodule=datamodule)
+    engine.fit(model=model, datamodule=demo_datamodule())
 
     final = model.model.map_scales.clone()
     assert final[1] == recorder.value[1]  # the kNN scale depends on the frozen teacher only
