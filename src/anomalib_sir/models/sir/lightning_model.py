@@ -317,7 +317,8 @@ class Sir(AnomalibModule):
         if self._bank_done or not self._bank_batches:
             return
         self.model.fit_memory_bank(self._bank_batches)
-        self._scale_images = torch.cat(self._bank_batches)[: self.SCALE_IMAGES]
+        # Every batch holds at least one image, so the first SCALE_IMAGES batches suffice (no full copy).
+        self._scale_images = torch.cat(self._bank_batches[: self.SCALE_IMAGES])[: self.SCALE_IMAGES]
         self._bank_batches = []
         self._bank_done = True
 

@@ -333,8 +333,8 @@ class SirModel(DynamicBufferMixin, nn.Module):
         else:
             knn_scale = torch.ones(())
         self.map_scales = torch.stack([self.map_scales[0], knn_scale.clamp_min(1e-6).float()])
+        self._set_reconstruction_scale(batches, features)
         self.train(was_training)
-        self.fit_reconstruction_scale(batches)
 
     @torch.no_grad()
     def fit_reconstruction_scale(self, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
@@ -354,14 +354,19 @@ class SirModel(DynamicBufferMixin, nn.Module):
         batches = [images] if isinstance(images, torch.Tensor) else list(images)
         was_training = self.training
         self.eval()
+        self._set_reconstruction_scale(batches, [self.extract_features(batch) for batch in batches])
+        self.train(was_training)
+
+    def _set_reconstruction_scale(
+        self, batches: Sequence[torch.Tensor], features: Sequence[Sequence[torch.Tensor]]
+    ) -> None:
+        """Mean reconstruction map over ``batches`` (with their teacher ``features``) -> ``map_scales[0]``."""
         recon_means = []
-        for batch in batches:
-            feature = self.extract_features(batch)
+        for batch, feature in zip(batches, features, strict=True):
             reconstruction = self.reconstruct(feature)[-1]
             recon_means.append(self.anomaly_map_generator(feature, reconstruction, batch.shape[-2:]).mean().reshape(1))
         recon_scale = torch.cat(recon_means).mean().clamp_min(1e-6).float()
         self.map_scales = torch.stack([recon_scale, self.map_scales[1]])
-        self.train(was_training)
 
     def forward(self, images: torch.Tensor) -> SirTrainOutput | InferenceBatch:
         """Training: teacher features and all loops' reconstructions. Eval: anomaly map and score."""
