@@ -340,7 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every runtime")
     parser.add_argument("--ov-hint", default="LATENCY", choices=["LATENCY", "THROUGHPUT", "none"])
     parser.add_argument("--ov-streams", type=int, help="OpenVINO NUM_STREAMS (default: from the hint)")
-    parser.add_argument("--ov-precision", help="OpenVINO INFERENCE_PRECISION_HINT, e.g. f32 or bf16")
+    parser.add_argument(
+        "--ov-precision",
+        default="f32",
+        help="OpenVINO INFERENCE_PRECISION_HINT: f32 (default, the product's), bf16, f16, or 'plugin' (OpenVINO's"
+        " own choice: bf16 on CPUs with bf16 units)",
+    )
     parser.add_argument("--ov-static", action="store_true", help="also time OpenVINO reshaped to a static batch")
     parser.add_argument("--sir-ckpt", type=Path, help="a trained SIR checkpoint (default: untrained student)")
     parser.add_argument(
@@ -361,7 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     runtimes = list(args.runtimes) + (["openvino-static"] if args.ov_static else [])
     ov_config = openvino_config(
-        None if args.ov_hint == "none" else args.ov_hint, args.ov_streams, args.threads, args.ov_precision
+        None if args.ov_hint == "none" else args.ov_hint,
+        args.ov_streams,
+        args.threads,
+        None if args.ov_precision == "plugin" else args.ov_precision,
     )
     output = fresh_directory(args.output)
     exports_root = output / "exports"

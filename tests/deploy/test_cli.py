@@ -6,6 +6,7 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -72,3 +73,20 @@ def test_parity_subcommand_fails_on_a_different_model(
     args = ["parity", "--ckpt", str(sir_checkpoint), "--onnx", str(resnet_exports["onnx"]), "--num-images", "2"]
     assert cli.main(args) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], "f32"), (["--precision", "bf16"], "bf16"), (["--precision", "plugin"], None)]
+)
+def test_predict_precision_option(flag: list[str], expected: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomalib_sir.deploy
+
+    seen: dict[str, object] = {}
+
+    def fake_predict_scans(*args, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(num_images=1, num_anomalous=0, csv_path="predictions.csv", skipped=[])
+
+    monkeypatch.setattr(anomalib_sir.deploy, "predict_scans", fake_predict_scans)
+    assert cli.main(["predict", "model.xml", "scan.png", *flag]) == 0
+    assert seen["precision"] == expected

@@ -107,3 +107,18 @@ def test_a_score_on_the_threshold_is_borderline_not_a_mismatch(
     assert "2 borderline" in report.format_table()
     strict = check_parity(trained_sir, [OnTheThreshold(flip=True)], images, decision_margin=0.0)
     assert not strict.results[0].decisions_match
+
+
+def test_openvino_computes_in_float32_unless_asked_otherwise(sir_exports: dict[str, Path]) -> None:
+    """OpenVINO's CPU plugin picks bfloat16 on CPUs with bf16 units (maps off by ~0.3); SIR's runtime does not."""
+    import openvino as ov
+
+    from anomalib_sir.deploy import OpenVINORuntime
+
+    def precision(runtime: OpenVINORuntime) -> ov.Type:
+        return runtime.inferencer.model.get_property("INFERENCE_PRECISION_HINT")
+
+    assert precision(OpenVINORuntime(sir_exports["openvino"])) == ov.Type.f32
+    assert precision(load_runtime(sir_exports["openvino"])) == ov.Type.f32
+    plugin_default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    assert precision(OpenVINORuntime(sir_exports["openvino"], precision=None)) == plugin_default

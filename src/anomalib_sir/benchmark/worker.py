@@ -48,6 +48,7 @@ from anomalib_sir.allocator import limit_heap_fragmentation
 from anomalib_sir.benchmark.config import BenchmarkConfig, ModelSpec
 from anomalib_sir.benchmark.data import DataFactory, SplitDataFactory, source_from_config
 from anomalib_sir.benchmark.grid import Cell
+from anomalib_sir.deploy.runtime import openvino_compile_config
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def measure_openvino(
                 continue
         x = _batch_of(images, size).numpy()
         try:
-            compiled = core.compile_model(candidate, "CPU")
+            compiled = core.compile_model(candidate, "CPU", openvino_compile_config())
             result = compiled(x)
         except Exception as exc:
             notes.append(f"b{size}: OpenVINO inference failed ({type(exc).__name__})")
