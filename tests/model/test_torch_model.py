@@ -45,6 +45,18 @@ def test_train_output_has_every_loop_and_teacher_shapes() -> None:
             assert reconstruction.shape == teacher.shape
 
 
+def test_bottleneck_pool_decodes_on_a_coarser_grid_and_keeps_output_shapes() -> None:
+    model = SirModel(pre_trained=False, width=16, loops=2, bottleneck_pool=2).train()
+    decoded: list[tuple[int, ...]] = []
+    model.decoder.register_forward_hook(lambda module, args, output: decoded.append(tuple(output.shape[-2:])))
+    output = model(torch.rand(2, 3, 64, 48))
+    fusion_grid = tuple(output.teacher_features[model.fusion_scale].shape[-2:])  # (4, 3) at stride 16
+    assert decoded == [((fusion_grid[0] + 1) // 2, (fusion_grid[1] + 1) // 2)] * 2  # every loop, ceil-pooled
+    for teacher, reconstruction in zip(output.teacher_features, output.reconstructions[-1], strict=True):
+        assert reconstruction.shape == teacher.shape
+    assert model.eval()(torch.rand(1, 3, 64, 48)).anomaly_map.shape == (1, 1, 64, 48)
+
+
 def test_separate_loop_weights_give_each_loop_its_own_decoder() -> None:
     shared = SirModel(pre_trained=False, width=16, loops=3)
     separate = SirModel(pre_trained=False, width=16, loops=3, shared_loops=False)
@@ -93,6 +105,7 @@ def test_up_then_down_block_expands_then_contracts() -> None:
         ({"layers": ()}, "layers"),
         ({"fusion_scale": 5}, "fusion_scale"),
         ({"noise_std": -1.0}, "noise_std"),
+        ({"bottleneck_pool": 0}, "bottleneck_pool"),
         ({"topk_ratio": 0.0}, "topk_ratio"),
         ({"score_mode": "mean"}, "score_mode"),
     ],

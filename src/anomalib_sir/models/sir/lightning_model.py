@@ -61,6 +61,8 @@ class Sir(AnomalibModule):
         fusion_scale: index into ``layers`` of the fusion grid (``None``: the middle scale).
         noise_std: Gaussian noise on the fused map during training.
         bottleneck_dropout: channel dropout on the fused map during training.
+        bottleneck_pool: average-pool the fused map by this factor before the decoder (``1``: off), so
+            reconstructions come from each position's surroundings.
         loop_weighting: how loops enter the loss: ``"all"``, ``"last"`` or ``"increasing"``.
         augment: random flips, small rotations/shifts/scalings and intensity jitter of training images, so a
             single normal image yields many views.
@@ -110,6 +112,7 @@ class Sir(AnomalibModule):
         fusion_scale: int | None = None,
         noise_std: float = 0.2,
         bottleneck_dropout: float = 0.0,
+        bottleneck_pool: int = 1,
         loop_weighting: LoopWeighting = "all",
         augment: bool = True,
         rotation_degrees: float = 10.0,
@@ -154,6 +157,7 @@ class Sir(AnomalibModule):
             fusion_scale=fusion_scale,
             noise_std=noise_std,
             bottleneck_dropout=bottleneck_dropout,
+            bottleneck_pool=bottleneck_pool,
             sigma=sigma,
             scale_fusion=scale_fusion,
             score_mode=score_mode,

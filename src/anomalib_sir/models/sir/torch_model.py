@@ -168,6 +168,9 @@ class SirModel(DynamicBufferMixin, nn.Module):
         noise_std: std of Gaussian noise added to the fused map in training (keeps the decoder from
             learning the identity); ``0`` disables it.
         bottleneck_dropout: channel dropout on the fused map in training.
+        bottleneck_pool: average-pool the fused map by this factor before the decoder (``1``: off). The
+            decoder then works on a coarser grid and the heads resize back, so each position is rebuilt
+            from its surroundings rather than from its own features alone (RD's bottleneck idea).
         sigma, scale_fusion, score_mode, topk_ratio: see :class:`SirAnomalyMapGenerator`.
         knn_weight: weight of a nearest-neighbour term: distance of each position's teacher features
             (fusion scale and deeper, 3x3-pooled) to a memory bank of the training normals' features,
@@ -195,6 +198,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         fusion_scale: int | None = None,
         noise_std: float = 0.2,
         bottleneck_dropout: float = 0.0,
+        bottleneck_pool: int = 1,
         sigma: float = 4.0,
         scale_fusion: ScaleFusion = "mean",
         score_mode: ScoreMode = "topk",
@@ -204,7 +208,14 @@ class SirModel(DynamicBufferMixin, nn.Module):
         standardize_input: bool = True,
     ) -> None:
         super().__init__()
-        _check_positive(memory_bank_size=memory_bank_size, loops=loops, width=width, expansion=expansion, blocks=blocks)
+        _check_positive(
+            memory_bank_size=memory_bank_size,
+            loops=loops,
+            width=width,
+            expansion=expansion,
+            blocks=blocks,
+            bottleneck_pool=bottleneck_pool,
+        )
         if not layers:
             msg = "layers must name at least one teacher feature index"
             raise ValueError(msg)
@@ -223,6 +234,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         channels = list(self.teacher.feature_info.channels())
         self.fusion = ScaleFusion2d(channels, width)
         self.dropout = nn.Dropout2d(bottleneck_dropout) if bottleneck_dropout > 0 else nn.Identity()
+        self.bottleneck_pool = int(bottleneck_pool)
         self.decoder = nn.Sequential(*(UpThenDownBlock(width, expansion) for _ in range(blocks)))
         self.shared_loops = bool(shared_loops)
         # Loops 2..n get their own blocks when the weights are not shared (empty otherwise).
@@ -269,6 +281,8 @@ class SirModel(DynamicBufferMixin, nn.Module):
         outputs: list[list[torch.Tensor]] = []
         for loop in range(self.loops):
             fused = self.fusion(current, fusion_size)
+            if self.bottleneck_pool > 1:
+                fused = F.avg_pool2d(fused, self.bottleneck_pool, ceil_mode=True)
             if loop == 0 and self.training:
                 if self.noise_std > 0:
                     fused = fused + self.noise_std * torch.randn_like(fused)
