@@ -148,7 +148,8 @@ def make_runtimes(
         if name == "torch":
             runtimes[name] = TorchRuntime(model)
         elif name == "openvino":
-            runtimes[name] = OpenVINORuntime(exports["openvino"], config=dict(ov_config))
+            # precision=None: the precision hint (or none, for --ov-precision plugin) is already in ov_config
+            runtimes[name] = OpenVINORuntime(exports["openvino"], config=dict(ov_config), precision=None)
         elif name == "openvino-static":
             runtimes[name] = StaticOpenVINO(exports["openvino"], (batch_size, 3, image_size, image_size), ov_config)
         elif name == "onnxruntime":

@@ -92,8 +92,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["f32", "bf16", "f16", "plugin"],
         default="f32",
-        help="OpenVINO inference precision (default: %(default)s, the trained model's scores; bf16 is faster"
-        " on CPUs with bf16 units; plugin: OpenVINO's own choice, bf16 where the CPU has it)",
+        help="OpenVINO inference precision (default: %(default)s, the trained model's scores; bf16 may be faster"
+        " on CPUs with bf16 units, and changes scores; plugin: OpenVINO's own choice, bf16 where the CPU has it)",
     )
 
 

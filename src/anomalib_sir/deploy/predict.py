@@ -211,7 +211,8 @@ def predict_scans(
         heatmaps: also write the heatmap PNGs.
         heatmap_size: longest side of each heatmap panel, pixels.
         precision: OpenVINO ``INFERENCE_PRECISION_HINT``; float32 by default, so scores and decisions are
-            the trained model's (``"bf16"`` is faster on CPUs with bf16 units; ``None``: plugin default).
+            the trained model's (``"bf16"`` may be faster on CPUs with bf16 units, not always; ``None``:
+            the plugin's default).
 
     Returns:
         What was written; CSV columns are :data:`CSV_COLUMNS` (``pred_label`` 1 = anomalous, at the

@@ -94,9 +94,10 @@ DEFAULT_OPENVINO_PRECISION = "f32"
 """OpenVINO's ``INFERENCE_PRECISION_HINT`` for SIR's exports unless the caller picks another.
 
 OpenVINO's CPU plugin computes in bfloat16 by default on processors with bf16 units (AVX512-BF16,
-AMX). bfloat16 keeps 8 bits of mantissa: on such a CPU SIR's anomaly maps moved by up to 0.29 and its
-scores by up to 0.2 (decisions flipped), against below 1e-5 in float32. Exact parity with the trained
-model is the default; ``precision="bf16"`` (or ``None``: the plugin's own choice) trades it for speed.
+AMX). bfloat16 keeps 8 bits of mantissa: on such a CPU SIR's anomaly maps moved by up to 0.31 and its
+scores by up to 0.2 (decisions flipped), against below 1e-4 in float32. Exact parity with the trained
+model is the default; ``precision="bf16"`` (or ``None``: the plugin's own choice) gives it up, for speed
+where bf16 is faster (it was slower on an AVX512-BF16 CPU without AMX; measure with benchmarks/speed.py).
 """
 
 
@@ -145,9 +146,9 @@ class OpenVINORuntime:
         from anomalib.deploy import OpenVINOInferencer
 
         self.path = Path(path).resolve()
-        self.config = openvino_compile_config(config, precision)
+        compile_config = openvino_compile_config(config, precision)
         with _working_directory(Path(cache_dir) if cache_dir else default_cache_dir()):
-            self.inferencer = OpenVINOInferencer(path=self.path, device=device, config=self.config)
+            self.inferencer = OpenVINOInferencer(path=self.path, device=device, config=compile_config)
 
     def predict_batch(self, images: np.ndarray) -> NumpyImageBatch:
         """``OpenVINOInferencer.predict`` on the batch: anomalib's batch with the image and every output."""
