@@ -56,6 +56,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="continue a run folder (or 'latest'): finished cells are kept, missing/failed ones run",
     )
     parser.add_argument("--report", metavar="RUN_DIR", type=Path, help="only rewrite the report of a run folder")
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where cells run: local processes (default: the config's `executor`, 'local') or a Ray cluster "
+        '(pip install "anomalib-sir[ray]")',
+    )
+    parser.add_argument("--ray-address", help="Ray cluster address for --executor ray (default: a local Ray instance)")
     parser.add_argument("--dry-run", action="store_true", help="list the grid's cells and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
 
@@ -115,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = prepare_run(config, args.resume)
     print(f"Run folder: {run_dir}")
-    statuses = run_grid(config, run_dir, cells, progress=not args.no_progress)
+    statuses = run_grid(
+        config, run_dir, cells, progress=not args.no_progress, executor=args.executor, address=args.ray_address
+    )
     failed = {cell: status for cell, status in statuses.items() if status != "ok"}
     print(f"Results: {run_dir / 'results.csv'}\nSummary: {run_dir / 'summary.md'}")
     if failed:

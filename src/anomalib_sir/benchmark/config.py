@@ -2,17 +2,20 @@
 
 See ``configs/benchmark.yaml`` for the full real-data grid and ``docs/benchmark.md`` for every key.
 
+Datasets are given exactly like the ``members`` of a universal setting config (``class_path`` +
+``init_args`` of a datamodule such as :class:`anomalib_sir.data.ClassFolders`), so a block works in both.
+
 Example:
     >>> config = BenchmarkConfig.from_dict({
-    ...     "datasets": {"demo": {"layout": "folder", "root": "/tmp/demo", "normal_dirs": ["good"],
-    ...                           "abnormal_dirs": ["bad"]}},
+    ...     "datasets": [{"class_path": "anomalib_sir.data.ClassFolders",
+    ...                   "init_args": {"root": "/data/chest_xray/train", "name": "chest"}}],
     ...     "models": {"SIR": {"class_path": "anomalib_sir.Sir", "trainer": {"max_steps": 5}}},
     ...     "shots": [{"k": 1, "seeds": [0, 1]}, {"k": "all", "seeds": [0]}],
     ... })
-    >>> [(s.k, s.seeds) for s in config.shots]
-    [(1, (0, 1)), (None, (0,))]
-    >>> config.settings
-    ('specialized', 'universal')
+    >>> [(s.k, s.seeds) for s in config.shots], list(config.datasets)
+    ([(1, (0, 1)), (None, (0,))], ['chest'])
+    >>> config.settings, config.val_split_mode
+    (('specialized', 'universal'), 'from_test')
 
 """
 
@@ -28,6 +31,7 @@ import yaml
 Setting = Literal["specialized", "universal"]
 SETTINGS: tuple[str, ...] = ("specialized", "universal")
 CostMode = Literal["all", "first_seed", "none"]
+ExecutorName = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
@@ -118,18 +122,15 @@ class BenchmarkConfig:
 
     Args:
         name: run name (the results folder is ``<results_root>/<name>-<timestamp>``).
-        datasets: dataset name -> reader spec (see :func:`anomalib_sir.benchmark.data.source_from_config`).
+        datasets: dataset name -> ``{"class_path", "init_args"}`` of its datamodule (the YAML gives a list of
+            such blocks, named by the datamodule's ``name``: ``init_args.name`` or the root folder's name).
         models: model name -> :class:`ModelSpec`.
         settings: ``"specialized"`` (one model per dataset) and/or ``"universal"`` (one model on all).
         shots: :class:`ShotSpec` list.
-        data_root: folder that relative dataset roots are resolved against.
-        data_factory: optional ``module.Class`` replacing the built-in
-            :class:`~anomalib_sir.benchmark.data.SplitDataFactory`: built as ``Class(datasets=<datasets>,
-            train_batch_size=..., eval_batch_size=..., **data_factory_args)`` and called as
-            ``factory(datasets, shot, seed) -> AnomalibDataModule`` (e.g.
-            :class:`~anomalib_sir.benchmark.data.DatamoduleFactory` for the package's medical datamodules).
-        data_factory_args: extra keyword arguments of that class.
-        split_seed, train_fraction, val_fraction: the fixed per-dataset split.
+        split_seed: seed of every dataset's test/validation split (the same for all models, settings, shots
+            and seeds; a cell's ``seed`` only draws its training normals).
+        val_split_mode: validation policy of every dataset (``"from_test"``: a stratified labelled hold-out,
+            so validation AUROC can choose settings; ``"from_train"``: normal-only, as the setting configs).
         image_size: square input size for every model (pre-processor: resize + teacher mean/std).
         backbone: the shared teacher (installed offline before the grid runs).
         train_batch_size, eval_batch_size: dataloader batch sizes.
@@ -138,7 +139,8 @@ class BenchmarkConfig:
         memory_limit_gb: per-cell data-segment limit (``RLIMIT_DATA``); ``None``: no limit.
         cell_timeout_s: a cell running longer is stopped and recorded as failed.
         results_root: parent folder of run folders.
-        cache_dir: where resized copies of the images are kept (``None``: no cache).
+        executor: where cells run: ``"local"`` processes or a ``"ray"`` cluster (see
+            :mod:`anomalib_sir.benchmark.executors`).
         cost: :class:`CostSpec`.
 
     """
@@ -148,12 +150,8 @@ class BenchmarkConfig:
     name: str = "benchmark"
     settings: tuple[str, ...] = SETTINGS
     shots: tuple[ShotSpec, ...] = (ShotSpec(1, (0, 1, 2)), ShotSpec(None, (0,)))
-    data_root: str | None = None
-    data_factory: str | None = None
-    data_factory_args: Mapping[str, Any] = field(default_factory=dict)
     split_seed: int = 0
-    train_fraction: float = 0.5
-    val_fraction: float = 0.2
+    val_split_mode: str = "from_test"
     image_size: int = 256
     backbone: str = "tf_efficientnet_lite0"
     train_batch_size: int = 8
@@ -163,7 +161,7 @@ class BenchmarkConfig:
     memory_limit_gb: float | None = 12.0
     cell_timeout_s: float = 3600.0
     results_root: str = "results/benchmark"
-    cache_dir: str | None = "datasets/benchmark_cache"
+    executor: ExecutorName = "local"
     cost: CostSpec = field(default_factory=CostSpec)
 
     @classmethod
@@ -183,6 +181,13 @@ class BenchmarkConfig:
         if not raw.get("datasets") or not raw.get("models"):
             msg = "The config needs at least one entry in `datasets` and in `models`."
             raise ValueError(msg)
+        raw["datasets"] = dataset_blocks(raw["datasets"])
+        if raw.get("executor", "local") not in ("local", "ray"):
+            msg = f"executor must be 'local' or 'ray', got {raw['executor']!r}"
+            raise ValueError(msg)
+        from anomalib_sir.data.splits import val_split_mode_of
+
+        raw["val_split_mode"] = val_split_mode_of(raw.get("val_split_mode", "from_test")).value
         raw["models"] = {
             name: ModelSpec(
                 class_path=spec["class_path"],
@@ -223,7 +228,10 @@ class BenchmarkConfig:
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (written next to the results, and used to detect a changed config on resume)."""
+        """Plain-data form (written next to the results, and used to detect a changed config on resume).
+
+        ``datasets`` is written back as the list of blocks it was read from.
+        """
 
         def plain(value: Any) -> Any:
             if hasattr(value, "__dataclass_fields__"):
@@ -234,4 +242,55 @@ class BenchmarkConfig:
                 return [plain(v) for v in value]
             return value
 
-        return plain(self)
+        data = plain(self)
+        data["datasets"] = [plain(block) for block in self.datasets.values()]
+        return data
+
+
+def dataset_blocks(blocks: Any) -> dict[str, dict[str, Any]]:
+    """Name the datamodule blocks of a grid: ``[{"class_path", "init_args"}, ...]`` -> ``{name: block}``.
+
+    A block's name is its datamodule's ``name`` (``init_args.name``, else the ``root`` folder's name for
+    this package's datamodules); names must be unique. The class is imported to check it exists.
+
+    Raises:
+        ValueError: not a list of blocks, a block without ``class_path``, an unknown class, duplicate names.
+
+    Example:
+        >>> list(dataset_blocks([{"class_path": "anomalib_sir.data.LabelsFile", "init_args": {"root": "d/headct"}}]))
+        ['headct']
+
+    """
+    if not isinstance(blocks, list | tuple) or not all(isinstance(b, Mapping) for b in blocks):
+        msg = "`datasets` must be a list of {class_path, init_args} blocks (as the members of a universal config)"
+        raise ValueError(msg)
+    named: dict[str, dict[str, Any]] = {}
+    for block in blocks:
+        if "class_path" not in block or set(block) - {"class_path", "init_args"}:
+            msg = f"A dataset block needs `class_path` and optional `init_args` only, got keys {sorted(block)}"
+            raise ValueError(msg)
+        init_args = dict(block.get("init_args") or {})
+        name = _datamodule_name(str(block["class_path"]), init_args)
+        if name in named:
+            msg = f"Two datasets are named {name!r}: give each block a distinct `init_args.name`"
+            raise ValueError(msg)
+        named[name] = {"class_path": str(block["class_path"]), "init_args": init_args}
+    return named
+
+
+def _datamodule_name(class_path: str, init_args: Mapping[str, Any]) -> str:
+    import importlib
+
+    module_name, _, class_name = class_path.replace(":", ".").rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        msg = f"Dataset class_path {class_path!r} cannot be imported ({exc})"
+        raise ValueError(msg) from exc
+    if init_args.get("name"):
+        return str(init_args["name"])
+    try:
+        return str(cls(**init_args).name)
+    except TypeError as exc:
+        msg = f"Dataset {class_path} with init_args {dict(init_args)}: {exc}"
+        raise ValueError(msg) from exc

@@ -6,7 +6,7 @@ the union of all datasets and is tested on each of them (one result row per test
 Example:
     >>> from anomalib_sir.benchmark.config import BenchmarkConfig
     >>> config = BenchmarkConfig.from_dict({
-    ...     "datasets": {"a": {"layout": "folder", "root": "a"}, "b": {"layout": "folder", "root": "b"}},
+    ...     "datasets": [{"class_path": "anomalib_sir.data.ClassFolders", "init_args": {"root": r}} for r in "ab"],
     ...     "models": {"SIR": {"class_path": "anomalib_sir.Sir"}},
     ...     "shots": [{"k": 1, "seeds": [0, 1, 2]}, {"k": "all", "seeds": [0]}],
     ... })
@@ -98,7 +98,7 @@ def expand_grid(config: BenchmarkConfig) -> list[Cell]:
 _RUN_ONLY_KEYS: tuple[str, ...] = (
     "name",
     "results_root",
-    "cache_dir",
+    "executor",
     "workers",
     "cell_timeout_s",
     "memory_limit_gb",
@@ -119,7 +119,7 @@ def cell_fingerprint(config: BenchmarkConfig, cell: Cell) -> str:
 
     Example:
         >>> from anomalib_sir.benchmark.config import BenchmarkConfig
-        >>> raw = {"datasets": {"a": {"layout": "folder", "root": "a"}},
+        >>> raw = {"datasets": [{"class_path": "anomalib_sir.data.ClassFolders", "init_args": {"root": "a"}}],
         ...        "models": {"SIR": {"class_path": "anomalib_sir.Sir"}, "PC": {"class_path": "x.Patchcore"}}}
         >>> config = BenchmarkConfig.from_dict(raw)
         >>> cell = expand_grid(config)[0]

@@ -1,12 +1,7 @@
-"""Run a benchmark grid: one child process per cell, resumable, with a progress bar.
+"""Run a benchmark grid: every cell through one executor, resumable, with a progress bar.
 
-Each cell runs in a fresh process forked from a *fork server* that has already imported torch, anomalib
-and OpenVINO (so a cell starts in well under a second instead of ~12 s) and that was started with
-``MALLOC_MMAP_THRESHOLD_`` in its environment (glibc reads it at process start; the child also sets the
-same threshold with ``mallopt``). Per-cell processes keep PatchCore's core-set selection inside memory,
-isolate a crash or an out-of-memory kill to its cell, and make ``ru_maxrss`` the peak memory *of that
-cell*. A data-segment limit (``memory_limit_gb``) makes a runaway cell fail instead of pushing the
-shared machine into swap/OOM.
+Cells run through :mod:`anomalib_sir.benchmark.executors` – local processes (default) or a Ray cluster –
+each in a fresh process; this module only submits them, collects their results and writes the run folder.
 
 Results live in a run folder ``<results_root>/<name>-<YYYYmmdd-HHMMSS>`` that no later run overwrites:
 
@@ -28,42 +23,28 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import datetime as dt
 import json
 import logging
-import multiprocessing
 import os
 import platform
-import resource
 import shlex
-import shutil
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
-from anomalib_sir.allocator import MMAP_THRESHOLD_BYTES
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.grid import Cell, cell_fingerprint, expand_grid
 
 logger = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-#: Environment every cell process inherits (glibc reads MALLOC_* at process start).
-CELL_ENVIRONMENT: dict[str, str] = {
-    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES),
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 def new_run_dir(results_root: str | Path, name: str) -> Path:
@@ -126,76 +107,10 @@ def _environment(config: BenchmarkConfig) -> dict[str, Any]:
     }
 
 
-def _child(config_dict: dict[str, Any], cell_dict: dict[str, Any], run_dir: str) -> None:
-    """Cell process entry point: run the cell, write its result (or error) file, exit non-zero on error."""
-    from anomalib_sir.benchmark.worker import run_cell
-
-    config = BenchmarkConfig.from_dict(config_dict)
-    cell = Cell.from_dict(cell_dict)
-    cells_dir = Path(run_dir) / "cells"
-    _die_with_parent()
-    if config.memory_limit_gb:
-        limit = int(config.memory_limit_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    work_dir = Path(run_dir) / "work" / cell.cell_id
-    work_dir.mkdir(parents=True, exist_ok=True)
-    _redirect_output(work_dir / "cell.log")
-    try:
-        result = run_cell(config, cell, work_dir)
-    except BaseException as exc:
-        _write_json(
-            cells_dir / f"{cell.cell_id}.error.json",
-            {"cell": cell.to_dict(), "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()},
-        )
-        raise SystemExit(1) from exc
-    _write_json(cells_dir / f"{cell.cell_id}.json", result)
-    (cells_dir / f"{cell.cell_id}.error.json").unlink(missing_ok=True)
-    for bulky in ("engine", "export"):  # trained weights and exported models are not kept
-        shutil.rmtree(work_dir / bulky, ignore_errors=True)
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this cell if its parent (the fork server) dies, so no orphan keeps running."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _redirect_output(log_path: Path) -> None:
-    """Send this process's stdout/stderr (Lightning, torch.onnx, OpenVINO chatter) to ``log_path``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    handle = log_path.open("a", buffering=1)
-    os.dup2(handle.fileno(), 1)
-    os.dup2(handle.fileno(), 2)
-    sys.stdout = sys.stderr = handle
-
-
 def _raise_system_exit(signum: int, frame: object) -> None:
     """SIGTERM handler of the runner: unwind (and so stop the running cells) instead of dying at once."""
     del frame
     raise SystemExit(128 + signum)
-
-
-@dataclass
-class _Running:
-    cell: Cell
-    process: multiprocessing.process.BaseProcess
-    started: float
-
-
-def _context(threads: int) -> multiprocessing.context.BaseContext:
-    """Return a fork-server context whose server has the cell environment and the heavy imports preloaded."""
-    os.environ.update(CELL_ENVIRONMENT)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # not on Linux: fresh interpreters
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    # preload the runner too: a grid's code is frozen when it starts, edits during a run do not leak into cells
-    context.set_forkserver_preload(["anomalib_sir.benchmark.runner", "anomalib_sir.benchmark.worker"])
-    return context
 
 
 def _summary_line(result: dict[str, Any]) -> str:
@@ -207,16 +122,46 @@ def _summary_line(result: dict[str, Any]) -> str:
     )
 
 
+def _record(run_dir: Path, cell: Cell, future: Future) -> tuple[str, str]:
+    """Write a finished cell's result (or error) file; return ``(status, message)``."""
+    cells_dir = run_dir / "cells"
+    try:
+        result = future.result()
+    except BrokenProcessPool:
+        status, error = "failed (worker process died, e.g. out of memory)", "worker process died"
+    except Exception as exc:  # the cell's own error, with its traceback
+        status, error = "failed", str(exc)
+    else:
+        _write_json(cells_dir / f"{cell.cell_id}.json", result)
+        (cells_dir / f"{cell.cell_id}.error.json").unlink(missing_ok=True)
+        return "ok", _summary_line(result)
+    _write_json(cells_dir / f"{cell.cell_id}.error.json", {"cell": cell.to_dict(), "error": error})
+    first_line = error.splitlines()[0] if error else status
+    return status, f"{cell.cell_id}: {status}: {first_line} (see cells/{cell.cell_id}.error.json)"
+
+
 def run_grid(
     config: BenchmarkConfig,
     run_dir: Path,
     cells: Sequence[Cell] | None = None,
     progress: bool = True,
+    executor: str | None = None,
+    address: str | None = None,
 ) -> dict[str, str]:
     """Run the unfinished cells of ``config`` in ``run_dir``; return ``{cell_id: status}`` of those run.
 
-    Status is ``"ok"``, ``"failed (exit N)"`` or ``"timeout"``. The report is rewritten after every cell.
+    Args:
+        config: the grid.
+        run_dir: its run folder (see :func:`prepare_run`).
+        cells: the cells to run (default: the whole grid); finished ones are skipped.
+        progress: show a progress bar (else log lines).
+        executor: ``"local"`` or ``"ray"`` (default: the config's ``executor``).
+        address: Ray cluster address (``None``: a local Ray instance).
+
+    Status is ``"ok"`` or ``"failed ..."``. The report is rewritten after every cell.
+
     """
+    from anomalib_sir.benchmark.executors import make_executor
     from anomalib_sir.benchmark.report import write_report
 
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
@@ -227,9 +172,7 @@ def run_grid(
     if not pending:
         write_report(run_dir)
         return statuses
-    context = _context(config.threads)
     config_dict = config.to_dict()
-    running: list[_Running] = []
     bar = tqdm(
         total=len(cells),
         initial=len(cells) - len(pending),
@@ -239,66 +182,38 @@ def run_grid(
         mininterval=1.0,
         dynamic_ncols=True,
     )
-    shown = ""
     grid_start = time.monotonic()
     previous_handler = signal.signal(signal.SIGTERM, _raise_system_exit)
+
+    def finish(future: Future, cell: Cell) -> bool:
+        status, message = _record(run_dir, cell, future)
+        statuses[cell.cell_id] = status
+        bar.update(1)
+        elapsed = time.monotonic() - grid_start
+        eta = elapsed / len(statuses) * (len(queue) + len(running))
+        counter = f"[{len(statuses) + len(cells) - len(pending)}/{len(cells)}, {elapsed / 60:.0f} min, "
+        counter += f"~{eta / 60:.0f} min left]"
+        bar.write(f"{counter} {message}") if progress else logger.info("%s %s", counter, message)
+        write_report(run_dir)
+        return "worker process died" in status
+
+    queue = list(pending)
+    running: dict[Future, Cell] = {}
     try:
-        while pending or running:
-            while pending and len(running) < max(1, config.workers):
-                cell = pending.pop(0)
-                process = context.Process(
-                    target=_child, args=(config_dict, cell.to_dict(), str(run_dir)), name=cell.cell_id
-                )
-                process.start()
-                running.append(_Running(cell, process, time.monotonic()))
-            label = ", ".join(r.cell.cell_id for r in running)
-            if label != shown:
-                bar.set_postfix_str(label, refresh=True)
-                shown = label
-            time.sleep(0.5)
-            for job in list(running):
-                elapsed = time.monotonic() - job.started
-                if job.process.is_alive() and elapsed <= config.cell_timeout_s:
-                    continue
-                if job.process.is_alive():
-                    job.process.kill()
-                    job.process.join()
-                    status = "timeout"
-                    _write_json(
-                        run_dir / "cells" / f"{job.cell.cell_id}.error.json",
-                        {"cell": job.cell.to_dict(), "error": f"timeout after {config.cell_timeout_s} s"},
-                    )
-                else:
-                    job.process.join()
-                    status = "ok" if job.process.exitcode == 0 else f"failed (exit {job.process.exitcode})"
-                    error_file = run_dir / "cells" / f"{job.cell.cell_id}.error.json"
-                    if status != "ok" and not error_file.is_file():  # killed (e.g. out of memory)
-                        _write_json(
-                            error_file,
-                            {"cell": job.cell.to_dict(), "error": f"process exited with {job.process.exitcode}"},
-                        )
-                running.remove(job)
-                statuses[job.cell.cell_id] = status
-                bar.update(1)
-                if status == "ok":
-                    result = json.loads((run_dir / "cells" / f"{job.cell.cell_id}.json").read_text())
-                    message = _summary_line(result)
-                else:
-                    message = f"{job.cell.cell_id}: {status} (see cells/{job.cell.cell_id}.error.json)"
-                finished = len(statuses)
-                elapsed = time.monotonic() - grid_start
-                eta = elapsed / finished * (len(pending) + len(running))
-                done_now = len(cells) - len(pending) - len(running)
-                counter = f"[{done_now}/{len(cells)}, {elapsed / 60:.0f} min, ~{eta / 60:.0f} min left]"
-                if progress:
-                    bar.write(f"{counter} {message}")
-                else:
-                    logger.info("%s %s", counter, message)
-                write_report(run_dir)
+        with make_executor(executor or config.executor, config.workers, config.threads, address) as pool:
+            while queue or running:
+                while queue and len(running) < max(1, config.workers):
+                    cell = queue.pop(0)
+                    running[pool.submit(config_dict, cell.to_dict(), str(run_dir))] = cell
+                bar.set_postfix_str(", ".join(c.cell_id for c in running.values()), refresh=True)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = any([finish(future, running.pop(future)) for future in finished])
+                if broken:  # a killed cell process breaks a local pool: its other cells fail too
+                    wait(running)
+                    for future in list(running):
+                        finish(future, running.pop(future))
+                    pool.restart()
     finally:
-        for job in running:  # interrupted: stop the children we started (SIGKILL: Lightning traps SIGTERM)
-            job.process.kill()
-            job.process.join()
         signal.signal(signal.SIGTERM, previous_handler)
         bar.close()
     return statuses
@@ -354,7 +269,7 @@ def prepare_run(config: BenchmarkConfig, resume: str | Path | None = None) -> Pa
     :func:`reconcile_changed_config`).
 
     """
-    from anomalib_sir.benchmark.worker import build_data_factory
+    from anomalib_sir.benchmark.data import member_datamodule
     from anomalib_sir.teacher import ensure_pretrained_available
 
     if resume is not None:
@@ -366,9 +281,7 @@ def prepare_run(config: BenchmarkConfig, resume: str | Path | None = None) -> Pa
         run_dir = new_run_dir(config.results_root, config.name)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         _write_json(run_dir / "environment.json", _environment(config))
-    os.environ.update(CELL_ENVIRONMENT)
     ensure_pretrained_available(config.backbone)
-    factory = build_data_factory(config)
-    for name in config.datasets if not config.data_factory else ():
-        factory.split(name)  # read, split and cache the images once, outside the timed cells
+    for name in config.datasets:  # list and split every dataset once: a bad folder fails here, not in a cell
+        member_datamodule(config, name, None, 0).setup()
     return run_dir

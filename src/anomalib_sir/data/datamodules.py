@@ -9,8 +9,9 @@
 All three are :class:`~anomalib.data.AnomalibDataModule` subclasses: anomalib's Engine and CLI use them like
 ``Folder``; their datasets are :class:`~anomalib_sir.data.dataset.SirDataset` (anomalib's dataset class
 reading images by content, so 16-bit PNG, extensionless JPEG, DICOM and NIfTI work). Splits follow
-:mod:`anomalib_sir.data.splits`: ``shot`` training normals, a seeded normal-only validation hold-out
-(or the training normals when too few), and a test set that never contains a training image. The chosen
+:mod:`anomalib_sir.data.splits`: a test set fixed by ``split_seed`` that never contains a training image,
+validation by ``val_split_mode`` (a normal-only hold-out of the training pool, or a stratified labelled
+hold-out of the test images), and ``shot`` training normals drawn with ``seed``. The chosen
 files are logged and written to ``<run dir>/splits/<name>.csv``.
 
 Example:
@@ -35,16 +36,17 @@ import logging
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from anomalib.data import AnomalibDataModule
-from anomalib.data.utils import LabelName
+from anomalib.data.utils import LabelName, ValSplitMode
 from pandas import DataFrame
 from torchvision.transforms.v2 import Transform
 
 from .dataset import SirDataset, infer_task
 from .layouts import class_folder_samples, data_json_samples, labels_file_samples, split_folder_samples
-from .splits import assign_splits, log_split
+from .splits import assign_splits, log_split, val_split_mode_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +61,13 @@ class MedicalDataModule(AnomalibDataModule):
         name: dataset name (results folder, split file, metric-table row); default: the ``root`` folder name.
         shot: training normals (``None``: all).
         test_split_ratio: fraction of normals that become test images when the layout has no split.
-        val_split_ratio: fraction of training normals held out (seeded) for normal-only validation; if too few
-            remain, validation reuses the training images. Validation only fits score normalisation and
-            thresholds; it never sees test images.
-        seed: seed of every random split choice.
+        val_split_mode: ``"from_train"``: a normal-only hold-out of the training pool (it only fits score
+            normalisation and thresholds); ``"from_test"``: a stratified labelled hold-out of the test images
+            (normals and anomalies), for choosing settings on validation AUROC. Never a test image in both.
+        val_split_ratio: fraction held out for validation; with ``from_train``, if too few training normals
+            remain, validation reuses the training images.
+        seed: seed of the k-shot draw (which training normals are used).
+        split_seed: seed of the test and validation split (the same for every ``shot`` and ``seed``).
         expand_volumes: one sample per slice of 3-D NIfTI / multi-frame DICOM files.
         slice_axis: slicing axis for ``expand_volumes``.
         train_batch_size, eval_batch_size, num_workers: dataloader settings.
@@ -77,8 +82,10 @@ class MedicalDataModule(AnomalibDataModule):
         name: str | None = None,
         shot: int | None = None,
         test_split_ratio: float = 0.5,
+        val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TRAIN,
         val_split_ratio: float = 0.2,
         seed: int = 0,
+        split_seed: int = 0,
         expand_volumes: bool = False,
         slice_axis: int = 2,
         train_batch_size: int = 8,
@@ -98,13 +105,16 @@ class MedicalDataModule(AnomalibDataModule):
             val_augmentations=val_augmentations,
             test_augmentations=test_augmentations,
             augmentations=augmentations,
+            val_split_mode=val_split_mode_of(val_split_mode),
             seed=seed,
         )
+        # set here, not by anomalib (it replaces a ratio of 0 by 0.5)
+        self.test_split_ratio = test_split_ratio
+        self.val_split_ratio = val_split_ratio
         self.root = Path(root)
         self._name = name or self.root.name
         self.shot = shot
-        self.test_split_ratio = test_split_ratio
-        self.val_split_ratio = val_split_ratio
+        self.split_seed = split_seed
         self.expand_volumes = expand_volumes
         self.slice_axis = slice_axis
         self.split_dir = split_dir
@@ -134,6 +144,8 @@ class MedicalDataModule(AnomalibDataModule):
             val_split_ratio=self.val_split_ratio,
             seed=self.seed,
             name=self.name,
+            split_seed=self.split_seed,
+            val_split_mode=self.val_split_mode,
         )
         self.splits = frame
         test = frame[frame["split"] == "test"]
@@ -183,40 +195,9 @@ class LabelsFile(MedicalDataModule):
         normal_label: str | int = 0,
         test_image_dir: str | None = None,
         test_labels_file: str | None = None,
-        name: str | None = None,
-        shot: int | None = None,
-        test_split_ratio: float = 0.5,
-        val_split_ratio: float = 0.2,
-        seed: int = 0,
-        expand_volumes: bool = False,
-        slice_axis: int = 2,
-        train_batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 2,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        split_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            name=name,
-            shot=shot,
-            test_split_ratio=test_split_ratio,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            expand_volumes=expand_volumes,
-            slice_axis=slice_axis,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            split_dir=split_dir,
-        )
+        super().__init__(root=root, **kwargs)
         self.image_dir = image_dir
         self.labels_file = labels_file
         self.id_column = id_column
@@ -271,40 +252,9 @@ class ClassFolders(MedicalDataModule):
         normal_dir: str = "NORMAL",
         abnormal_dirs: str | Sequence[str] | None = None,
         mask_dir: str | None = None,
-        name: str | None = None,
-        shot: int | None = None,
-        test_split_ratio: float = 0.5,
-        val_split_ratio: float = 0.2,
-        seed: int = 0,
-        expand_volumes: bool = False,
-        slice_axis: int = 2,
-        train_batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 2,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        split_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            name=name,
-            shot=shot,
-            test_split_ratio=test_split_ratio,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            expand_volumes=expand_volumes,
-            slice_axis=slice_axis,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            split_dir=split_dir,
-        )
+        super().__init__(root=root, **kwargs)
         self.normal_dir = normal_dir
         self.abnormal_dirs = abnormal_dirs
         self.mask_dir = mask_dir
@@ -354,40 +304,9 @@ class SplitFolders(MedicalDataModule):
         abnormal_dirs: str | Sequence[str] | None = None,
         mask_dir: str | None = None,
         train_normal_dir: str | None = None,
-        name: str | None = None,
-        shot: int | None = None,
-        test_split_ratio: float = 0.5,
-        val_split_ratio: float = 0.2,
-        seed: int = 0,
-        expand_volumes: bool = False,
-        slice_axis: int = 2,
-        train_batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 2,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        split_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            name=name,
-            shot=shot,
-            test_split_ratio=test_split_ratio,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            expand_volumes=expand_volumes,
-            slice_axis=slice_axis,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            split_dir=split_dir,
-        )
+        super().__init__(root=root, **kwargs)
         self.train_dir = train_dir
         self.test_dir = test_dir
         self.val_dir = val_dir
@@ -438,34 +357,9 @@ class DataJson(MedicalDataModule):
         image_dir: str = "images",
         normal_key: str = "0",
         abnormal_key: str = "1",
-        name: str | None = None,
-        shot: int | None = None,
-        val_split_ratio: float = 0.2,
-        seed: int = 0,
-        train_batch_size: int = 8,
-        eval_batch_size: int = 16,
-        num_workers: int = 2,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        split_dir: str | Path | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            root=root,
-            name=name,
-            shot=shot,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            split_dir=split_dir,
-        )
+        super().__init__(root=root, **kwargs)
         self.json_file = json_file
         self.image_dir = image_dir
         self.normal_key = normal_key

@@ -7,7 +7,7 @@ synthetic lesions (dark haemorrhage-like blots or bright exudate-like spots, wit
 texture) into held-out crops as *anomalies*, with pixel masks. It needs no network and no files, so the
 README's main command trains and tests SIR on a fresh machine.
 
-The images are written once, as an anomalib ``Folder`` layout, under ``root/<source>-<hash>/``;
+The images are written once (``train/good``, ``test/good``, ``test/lesion`` folders), under ``root/<source>-<hash>/``;
 a folder generated with other settings is never overwritten (the hash names the settings).
 
 Example:
@@ -27,15 +27,17 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from anomalib.data import Folder
+from pandas import DataFrame
 from PIL import Image
 from scipy import ndimage
 from skimage import data as skdata
 from skimage import transform as sktransform
 from tqdm.auto import tqdm
+
+from .datamodules import SplitFolders
 
 logger = logging.getLogger(__name__)
 
@@ -136,19 +138,22 @@ def generate_demo_dataset(
     return directory
 
 
-class SirDemo(Folder):
-    """Demo datamodule (anomalib ``Folder``) over generated crops of a real fundus or histology image.
+class SirDemo(SplitFolders):
+    """Demo datamodule over generated crops of a real fundus or histology image (SIR's own readers and splits).
 
     Normal = crops of the real image; abnormal = crops with **synthetic** lesions (with masks). Use it to
-    try the package offline; use the medical datamodules for real evaluations.
+    try the package offline; use the medical datamodules for real evaluations. The generated folder is a
+    :class:`~anomalib_sir.data.SplitFolders` layout (``train/good``, ``test/good``, ``test/lesion``,
+    ``ground_truth/lesion``); by default half of the test images (stratified) are a labelled validation set.
 
     Args:
         root: where generated datasets are kept (a sub-folder per settings hash).
         source: ``"retina"`` (fundus photograph) or ``"histology"`` (IHC stain).
         image_size: side of the generated square images (pixels).
         num_train, num_test_normal, num_test_abnormal: how many images to generate.
-        seed: generation seed (also the split seed).
-        train_batch_size, eval_batch_size, num_workers: dataloader settings.
+        generation_seed: seed of the generated images.
+        val_split_mode, val_split_ratio: validation policy (see :class:`~anomalib_sir.data.MedicalDataModule`).
+        **kwargs: other :class:`~anomalib_sir.data.MedicalDataModule` arguments (``shot``, ``seed``, loaders ...).
 
     """
 
@@ -160,10 +165,10 @@ class SirDemo(Folder):
         num_train: int = 16,
         num_test_normal: int = 16,
         num_test_abnormal: int = 16,
-        seed: int = 0,
-        train_batch_size: int = 8,
-        eval_batch_size: int = 8,
-        num_workers: int = 0,
+        generation_seed: int = 0,
+        val_split_mode: str = "from_test",
+        val_split_ratio: float = 0.5,
+        **kwargs: Any,
     ) -> None:
         if source not in _SOURCES:
             msg = f"source must be one of {sorted(_SOURCES)}, got {source!r}"
@@ -174,24 +179,21 @@ class SirDemo(Folder):
             "num_train": int(num_train),
             "num_test_normal": int(num_test_normal),
             "num_test_abnormal": int(num_test_abnormal),
-            "seed": int(seed),
+            "seed": int(generation_seed),
             "version": 1,
         }
         digest = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:8]
         self.dataset_dir = Path(root).expanduser().resolve() / f"{source}-{digest}"
+        kwargs.setdefault("name", f"sir_demo_{source}")
+        kwargs.setdefault("num_workers", 0)
         super().__init__(
-            name=f"sir_demo_{source}",
             root=self.dataset_dir,
-            normal_dir="train/good",
-            normal_test_dir="test/good",
-            abnormal_dir="test/lesion",
-            mask_dir="ground_truth/lesion",
-            train_batch_size=train_batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split_mode="from_test",
-            val_split_ratio=0.5,
-            seed=seed,
+            normal_dir="good",
+            abnormal_dirs="lesion",
+            val_dir="",
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            **kwargs,
         )
 
     def prepare_data(self) -> None:
@@ -209,6 +211,7 @@ class SirDemo(Folder):
         generate_demo_dataset(self.dataset_dir, **{k: v for k, v in self.settings.items() if k != "version"})
         manifest.write_text(json.dumps({**self.settings, "note": "DEMO: synthetic lesions"}, indent=2))
 
-    def _setup(self, _stage: str | None = None) -> None:
+    def make_samples(self) -> DataFrame:
+        """Generate the images if needed, then list them (see :class:`~anomalib_sir.data.SplitFolders`)."""
         self.prepare_data()
-        super()._setup(_stage)
+        return super().make_samples()

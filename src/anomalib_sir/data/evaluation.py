@@ -10,6 +10,10 @@ is 0 for any other datamodule. At the end of testing it
 * prints the table and writes it to ``<run dir>/metrics_per_dataset.csv`` and ``.md``;
 * keeps it as :attr:`PerDatasetEvaluator.table` (a DataFrame).
 
+During validation it also keeps :attr:`PerDatasetEvaluator.val_table`: the image AUROC of each dataset's
+validation images (raw scores; NaN for a normal-only validation set) and their mean, logged as
+``val_image_AUROC`` – what settings are chosen by when validation is a labelled hold-out.
+
 Dataset names come from the datamodule (``dataset_names`` of
 :class:`~anomalib_sir.data.UniversalDataModule`, else its ``name``).
 
@@ -43,6 +47,7 @@ import torch
 from anomalib.metrics import AUPR, AUROC, AnomalibMetric, Evaluator, F1Score
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchmetrics.functional.classification import binary_auroc
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +105,28 @@ def split_batch(batch: Any, indices: torch.Tensor) -> dict[int, SimpleNamespace]
             fields[field] = value[keep.to(value.device)] if isinstance(value, torch.Tensor) and value.ndim else value
         parts[int(index)] = SimpleNamespace(**fields)
     return parts
+
+
+def rank_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Image AUROC of raw scores of any range (NaN unless both classes are present).
+
+    The scores are mapped affinely into ``[0, 1]`` first: torchmetrics reads scores outside ``[0, 1]`` as logits
+    and would saturate raw distances such as PatchCore's. The map changes no ranking.
+
+    Example:
+        >>> import torch
+        >>> rank_auroc(torch.tensor([30.0, 35.0, 31.0]), torch.tensor([0, 1, 1]))
+        1.0
+        >>> rank_auroc(torch.tensor([1.0, 2.0]), torch.tensor([0, 0]))
+        nan
+
+    """
+    scores, labels = scores.detach().double().flatten(), labels.detach().flatten().long()
+    if labels.numel() == 0 or labels.min() == labels.max():
+        return float("nan")
+    span = float(scores.max() - scores.min())
+    unit = (scores - scores.min()) / span if span > 0 else torch.zeros_like(scores)
+    return float(binary_auroc(unit.float(), labels))
 
 
 def default_test_metrics() -> list[AnomalibMetric]:
@@ -165,7 +192,9 @@ class PerDatasetEvaluator(Evaluator):
         self.output_dir = output_dir
         self.print_table = print_table
         self._per_dataset: dict[int, list[AnomalibMetric]] = {}
+        self._val_scores: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.table: pd.DataFrame | None = None
+        self.val_table: pd.DataFrame | None = None
 
     def update(self, batch: Any, dataloader_idx: int = 0) -> None:
         """Update the metrics of dataset ``dataloader_idx`` with a batch."""
@@ -200,6 +229,43 @@ class PerDatasetEvaluator(Evaluator):
     def reset_datasets(self) -> None:
         """Forget the per-dataset metric states."""
         self._per_dataset = {}
+
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: STEP_OUTPUT | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Update anomalib's validation metrics and keep each dataset's raw scores and labels."""
+        super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        if getattr(batch, "pred_score", None) is None or getattr(batch, "gt_label", None) is None:
+            return
+        indices = dataset_indices(getattr(trainer, "datamodule", None), batch)
+        for index, part in split_batch(batch, indices).items():
+            pair = (part.pred_score.detach().flatten().cpu(), part.gt_label.detach().flatten().cpu())
+            self._val_scores.setdefault(index, []).append(pair)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute :attr:`val_table` (image AUROC per dataset and mean) and log its mean as ``val_image_AUROC``."""
+        super().on_validation_epoch_end(trainer, pl_module)
+        if not self._val_scores:
+            return
+        names = self._dataset_names(trainer)
+        rows = {}
+        for index in sorted(self._val_scores):
+            scores, labels = (torch.cat(parts) for parts in zip(*self._val_scores[index], strict=True))
+            name = names[index] if 0 <= index < len(names) else f"dataset_{index}"
+            rows[name] = {"image_AUROC": rank_auroc(scores, labels), "n_images": len(scores)}
+        self._val_scores = {}
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.index.name = "dataset"
+        table.loc["mean"] = [table["image_AUROC"].mean(skipna=True), table["n_images"].sum()]
+        self.val_table = table
+        if pd.notna(table.loc["mean", "image_AUROC"]):
+            pl_module.log("val_image_AUROC", float(table.loc["mean", "image_AUROC"]), add_dataloader_idx=False)
 
     def on_test_batch_end(
         self,

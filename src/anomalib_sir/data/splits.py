@@ -1,31 +1,41 @@
 """Seeded, leakage-free train / validation / test splits with k-shot selection.
 
 :func:`assign_splits` takes a samples frame from :mod:`anomalib_sir.data.layouts` and decides, for every
-normal image that the layout did not place, whether it is a training, validation or test image:
+image that the layout did not place, whether it is a training, validation or test image. Two seeds keep
+the *data split* apart from the *reference draw*:
 
-1. **Test normals** – normals without a split are shuffled with ``seed``; ``test_split_ratio`` of them go to
-   the test set (default 50/50), the rest form the *training pool*. Anomalous images are always test images
-   (or validation images where the layout has a validation folder). The test set depends only on the data,
-   ``seed`` and ``test_split_ratio`` – never on ``shot`` – so one-shot and full-shot runs are scored on the
-   same images.
-2. **Validation** – a layout's own validation folder (BMAD ``valid/``) is used as is. Otherwise
-   ``round(val_split_ratio * pool)`` normals are held out of the training pool (seeded) when at least
-   ``shot`` (or one) training images remain; if the pool is too small the *training images themselves* are
-   reused for validation. Validation is normal-only then; it only fits score normalisation and thresholds
-   (see :mod:`anomalib_sir.post_processing`), never selects a model, and never touches test images.
-3. **Shots** – ``shot=k`` keeps the first ``k`` images of a seeded permutation of the remaining pool (so
-   1-shot ⊂ 5-shot ⊂ ...); ``None`` keeps them all. Pool images that are not chosen are marked ``"unused"``.
+1. **Test normals** (``split_seed``) – normals without a split are shuffled; ``test_split_ratio`` of them go
+   to the test set (default 50/50), the rest form the *training pool*. Anomalous images are always test
+   images (or validation images where the layout has a validation folder). The test set depends only on the
+   data, ``split_seed`` and ``test_split_ratio`` – never on ``shot`` or ``seed`` – so one-shot and full-shot
+   runs, and every reference draw, are scored on the same images.
+2. **Validation** (``split_seed``, policy ``val_split_mode``, anomalib's :class:`~anomalib.data.utils.ValSplitMode`)
+   – a layout's own validation folder (BMAD ``valid/``) is used as is. Otherwise:
+
+   * ``from_train`` (default): ``round(val_split_ratio * pool)`` normals are held out of the training pool
+     when at least ``shot`` (or one) training images remain; if the pool is too small the *training images
+     themselves* are reused. Validation is normal-only: it only fits score normalisation and thresholds
+     (see :mod:`anomalib_sir.post_processing`).
+   * ``from_test``: a stratified, labelled hold-out – ``val_split_ratio`` of the test normals *and* of the
+     anomalies (at least one of each class that has two or more) move from test to validation, so
+     validation AUROC can choose settings. The remaining test
+     images are never used for choosing anything.
+
+3. **Shots** (``seed``) – ``shot=k`` keeps the first ``k`` images of a seeded permutation of the remaining
+   pool (so 1-shot ⊂ 5-shot ⊂ ...); ``None`` keeps them all. Pool images that are not chosen are marked
+   ``"unused"``.
 
 The result has ``split`` in ``{"train", "val", "test", "unused"}``; :func:`split_record` turns it into the
 table that is logged and written next to the run so it can be reproduced.
 
 Example:
     >>> import pandas as pd
-    >>> frame = pd.DataFrame({"image_path": [f"n{i}.png" for i in range(10)] + ["a.png"],
-    ...                       "label_index": [0] * 10 + [1], "mask_path": "", "split": [""] * 10 + ["test"]})
-    >>> out = assign_splits(frame, shot=1, seed=0)
-    >>> out.groupby("split").size().to_dict()
-    {'test': 6, 'train': 1, 'unused': 3, 'val': 1}
+    >>> frame = pd.DataFrame({"image_path": [f"n{i}.png" for i in range(10)] + ["a.png", "b.png"],
+    ...                       "label_index": [0] * 10 + [1, 1], "mask_path": "", "split": [""] * 10 + ["test"] * 2})
+    >>> assign_splits(frame, shot=1, seed=0).groupby("split").size().to_dict()
+    {'test': 7, 'train': 1, 'unused': 3, 'val': 1}
+    >>> assign_splits(frame, shot=1, seed=0, val_split_mode="from_test").groupby("split").size().to_dict()
+    {'test': 5, 'train': 1, 'unused': 4, 'val': 2}
 
 """
 
@@ -35,12 +45,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from anomalib.data.utils import LabelName
+from anomalib.data.utils import LabelName, ValSplitMode
 from pandas import DataFrame
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "unused")
+#: Validation policies :func:`assign_splits` supports (anomalib's enum values).
+VAL_SPLIT_MODES = (ValSplitMode.FROM_TRAIN, ValSplitMode.FROM_TEST)
 
 
 class ShotError(ValueError):
@@ -52,6 +64,28 @@ def _permutation(count: int, seed: int | None, salt: int) -> np.ndarray:
     return np.random.default_rng(None if seed is None else [seed, salt]).permutation(count)
 
 
+def val_split_mode_of(value: ValSplitMode | str) -> ValSplitMode:
+    """Parse a validation policy, accepting only those :func:`assign_splits` implements.
+
+    Example:
+        >>> val_split_mode_of("from_test").value
+        'from_test'
+        >>> val_split_mode_of("same_as_test")
+        Traceback (most recent call last):
+        ...
+        ValueError: val_split_mode must be 'from_train' (normal-only hold-out of the training pool) or ...
+
+    """
+    mode = ValSplitMode(value)
+    if mode not in VAL_SPLIT_MODES:
+        msg = (
+            "val_split_mode must be 'from_train' (normal-only hold-out of the training pool) or 'from_test' "
+            f"(stratified labelled hold-out of the test images), got {mode.value!r}"
+        )
+        raise ValueError(msg)
+    return mode
+
+
 def assign_splits(
     samples: DataFrame,
     shot: int | None = None,
@@ -59,6 +93,8 @@ def assign_splits(
     val_split_ratio: float = 0.2,
     seed: int | None = 0,
     name: str = "dataset",
+    split_seed: int | None = 0,
+    val_split_mode: ValSplitMode | str = ValSplitMode.FROM_TRAIN,
 ) -> DataFrame:
     """Fill in ``split`` for every row (see the module docstring for the rules).
 
@@ -66,9 +102,11 @@ def assign_splits(
         samples: frame with ``image_path``, ``label_index`` and ``split`` (``""`` where not fixed by the layout).
         shot: number of training normals (``None``: all of them).
         test_split_ratio: fraction of *unsplit* normals that become test images.
-        val_split_ratio: fraction of the training pool held out for validation (0 disables the hold-out).
-        seed: seed of all random choices (``None``: not reproducible).
+        val_split_ratio: fraction held out for validation (of the training pool, or of each test class).
+        seed: seed of the k-shot draw (``None``: not reproducible).
         name: dataset name for messages.
+        split_seed: seed of the test and validation split (``None``: not reproducible).
+        val_split_mode: ``"from_train"`` or ``"from_test"`` (see the module docstring).
 
     Returns:
         A copy of ``samples`` with a ``split`` in ``{"train", "val", "test", "unused"}`` and a boolean
@@ -76,7 +114,7 @@ def assign_splits(
 
     Raises:
         ShotError: ``shot`` is larger than the number of training normals.
-        ValueError: bad ratios, ``shot < 1``, or no training normals at all.
+        ValueError: bad ratios, ``shot < 1``, an unsupported ``val_split_mode``, or no training normals.
 
     Example:
         >>> import pandas as pd
@@ -87,6 +125,7 @@ def assign_splits(
         anomalib_sir.data.splits.ShotError: dataset: shot=5 but only 1 training normal image(s) ...
 
     """
+    mode = val_split_mode_of(val_split_mode)
     if not 0.0 <= test_split_ratio < 1.0 or not 0.0 <= val_split_ratio < 1.0:
         msg = f"{name}: ratios must be in [0, 1), got test_split_ratio={test_split_ratio}, val={val_split_ratio}"
         raise ValueError(msg)
@@ -99,37 +138,49 @@ def assign_splits(
 
     # 1. unsplit normals -> test / training pool; unsplit anomalies -> test.
     unsplit = np.flatnonzero((split == "") & normal)
-    order = unsplit[_permutation(len(unsplit), seed, 0)]
+    order = unsplit[_permutation(len(unsplit), split_seed, 0)]
     num_test = round(test_split_ratio * len(order))
     split[order[:num_test]] = "test"
     split[order[num_test:]] = "train"
     split[(split == "") & ~normal] = "test"
 
-    # 2. validation hold-out from the training pool (unless the layout has a validation split).
     pool = np.flatnonzero(split == "train")
     if len(pool) == 0:
-        msg = f"{name}: no training normal images (check the normal folder / labels and test_split_ratio)"
+        msg = f"{name}: no training normal image(s) (check the normal folder / labels and test_split_ratio)"
         raise ValueError(msg)
+
+    # 2. validation (unless the layout has a validation split).
+    has_val_split = bool((split == "val").any())
+    if not has_val_split and mode == ValSplitMode.FROM_TEST:
+        for is_normal in (True, False):
+            members = np.flatnonzero((split == "test") & (normal == is_normal))
+            members = members[_permutation(len(members), split_seed, 3 if is_normal else 4)]
+            count = round(val_split_ratio * len(members))
+            if val_split_ratio > 0 and len(members) >= 2:  # both classes in validation, one left for test
+                count = min(max(1, count), len(members) - 1)
+            split[members[:count]] = "val"
+    elif not has_val_split:
+        pool = pool[_permutation(len(pool), split_seed, 1)]
+        num_val = min(round(val_split_ratio * len(pool)), len(pool) - (shot or 1))
+        if num_val > 0:
+            split[pool[len(pool) - num_val :]] = "val"
+            pool = pool[: len(pool) - num_val]
     if shot is not None and shot > len(pool):
         msg = (
             f"{name}: shot={shot} but only {len(pool)} training normal image(s) are available "
             f"(after the seeded {test_split_ratio:.0%} test split); use a smaller shot or shot=None"
         )
         raise ShotError(msg)
-    pool = pool[_permutation(len(pool), seed, 1)]
-    has_val_split = bool((split == "val").any())
-    num_val = 0 if has_val_split else min(round(val_split_ratio * len(pool)), len(pool) - (shot or 1))
-    if num_val > 0:
-        split[pool[len(pool) - num_val :]] = "val"
-        pool = pool[: len(pool) - num_val]
 
     # 3. k shots: a prefix of the seeded pool order (nested across k).
+    pool = np.sort(pool)[_permutation(len(pool), seed, 2)]
     chosen = pool if shot is None else pool[:shot]
     split[np.setdiff1d(pool, chosen)] = "unused"
     frame["split"] = split
-    frame.attrs["val_is_train"] = not has_val_split and num_val <= 0
+    frame.attrs["val_is_train"] = not bool((split == "val").any())
     frame.attrs["shot"] = shot
     frame.attrs["seed"] = seed
+    frame.attrs["split_seed"] = split_seed
     return frame
 
 
