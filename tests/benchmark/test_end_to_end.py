@@ -1,4 +1,8 @@
-"""A tiny benchmark grid end to end: two models, one generated dataset, one seed, via the CLI entry point."""
+"""A tiny benchmark grid end to end: two models, one generated dataset, one seed, via the CLI entry point.
+
+The same cells also run through the Ray executor (skipped when Ray is not installed) and must give the
+local executor's results.
+"""
 
 from __future__ import annotations
 
@@ -21,27 +25,22 @@ def _config(demo_root: Path, results_root: Path) -> dict:
     return {
         "name": "tiny",
         "results_root": str(results_root),
-        "cache_dir": None,
         "image_size": 64,
         "threads": 1,
         "workers": 2,
-        "val_fraction": 0.25,
         "cell_timeout_s": 600,
-        "datasets": {
-            "demo": {
-                "layout": "folder",
-                "root": str(demo_root),
-                "normal_dirs": ["train/good", "test/good"],
-                "abnormal_dirs": ["test/lesion"],
-                "mask_dir": "ground_truth/lesion",
+        "datasets": [  # the block a universal setting config would list as a member
+            {
+                "class_path": "anomalib_sir.data.SplitFolders",
+                "init_args": {"root": str(demo_root), "name": "demo", "normal_dir": "good", "abnormal_dirs": "lesion"},
             }
-        },
+        ],
         "settings": ["specialized"],
         "shots": [{"k": "all", "seeds": [0]}],
         "models": {
             "SIR": {
                 "class_path": "anomalib_sir.Sir",
-                "init_args": {"width": 16, "loops": 1, "sigma": 2.0},
+                "init_args": {"width": 16, "loops": 1},
                 "trainer": {"max_steps": 4},
             },
             "PatchCore": {
@@ -72,7 +71,7 @@ def test_tiny_grid_writes_every_column_with_metrics_in_range(tiny_run) -> None:
     assert list(frame.columns) == list(CSV_COLUMNS)
     assert sorted(frame["model"]) == ["PatchCore", "SIR"]
     assert set(frame["dataset"]) == {"demo"}
-    for metric in ("image_AUROC", "image_AUPR", "image_F1Score", "image_F1Max", "pixel_AUROC"):
+    for metric in ("image_AUROC", "image_AUPR", "image_F1Score", "pixel_AUROC", "val_image_AUROC"):
         assert frame[metric].between(0, 1).all(), metric
     assert (frame["n_train"] > 0).all()
     assert (frame["n_test"] > 0).all()
@@ -136,3 +135,21 @@ def test_cells_record_their_own_time_and_memory(tiny_run) -> None:
     assert (frame["cell_cpu_s"] > 0).all()
     assert (frame["peak_rss_mb"] >= frame["peak_rss_fit_mb"]).all()
     assert (frame["finished_unix"] > frame["started_unix"]).all()
+
+
+RESULT_COLUMNS = ("image_AUROC", "image_AUPR", "image_F1Score", "pixel_AUROC", "val_image_AUROC", "image_threshold")
+
+
+def test_the_ray_executor_runs_the_same_cells_with_the_same_results(tiny_run, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    config_path, local_dir, _ = tiny_run
+    ray_config = yaml.safe_load(config_path.read_text())
+    ray_config["results_root"] = str(tmp_path / "ray")
+    ray_path = tmp_path / "ray.yaml"
+    ray_path.write_text(yaml.safe_dump(ray_config))
+    assert main(["--config", str(ray_path), "--executor", "ray", "--no-progress"]) == 0
+    (ray_dir,) = (tmp_path / "ray").iterdir()
+    local = pd.read_csv(local_dir / "results.csv").set_index("cell_id").sort_index()
+    remote = pd.read_csv(ray_dir / "results.csv").set_index("cell_id").sort_index()
+    assert list(remote.index) == list(local.index)
+    pd.testing.assert_frame_equal(remote[list(RESULT_COLUMNS)], local[list(RESULT_COLUMNS)], atol=1e-6, rtol=0)

@@ -1,4 +1,4 @@
-"""Metrics keep the ranking of raw scores; F1 uses the threshold fitted on validation only."""
+"""Every model is scored by the product's evaluator: raw distances keep their AUROC; validation AUROC per dataset."""
 
 from __future__ import annotations
 
@@ -7,21 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
-from anomalib_sir.benchmark.worker import evaluate
-
-
-def _batches(scores: np.ndarray, labels: np.ndarray, size: int = 7) -> list[SimpleNamespace]:
-    return [
-        SimpleNamespace(
-            pred_score=torch.tensor(scores[i : i + size], dtype=torch.float32),
-            gt_label=torch.tensor(labels[i : i + size]),
-            anomaly_map=None,
-            gt_mask=None,
-        )
-        for i in range(0, len(scores), size)
-    ]
+from anomalib_sir.data.evaluation import PerDatasetEvaluator, rank_auroc
 
 
 def test_raw_distances_far_outside_unit_interval_keep_their_auroc() -> None:
@@ -29,36 +17,57 @@ def test_raw_distances_far_outside_unit_interval_keep_their_auroc() -> None:
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(40, int), np.ones(30, int)]
     scores = 30 + rng.normal(size=70) + 1.2 * labels
-    val_labels = np.r_[np.zeros(10, int), np.ones(10, int)]
-    val_scores = 30 + rng.normal(size=20) + 1.2 * val_labels
-    metrics = evaluate(_batches(val_scores, val_labels), _batches(scores, labels))
-    assert abs(metrics["image_AUROC"] - roc_auc_score(labels, scores)) < 1e-4
-    assert abs(metrics["image_AUPR"] - average_precision_score(labels, scores)) < 0.05
-    threshold = metrics["image_threshold"]
-    assert val_scores.min() <= threshold <= val_scores.max()  # fitted on validation scores
-    assert abs(metrics["image_F1Score"] - f1_score(labels, scores > threshold)) < 1e-6
-    assert np.isnan(metrics["pixel_AUROC"])
+    auroc = rank_auroc(torch.tensor(scores, dtype=torch.float32), torch.tensor(labels))
+    assert auroc == pytest.approx(roc_auc_score(labels, scores), abs=1e-4)
+    assert 0.7 < auroc < 1.0
 
 
-def test_threshold_does_not_look_at_test_scores() -> None:
-    val_labels = np.array([0, 0, 1, 1])
-    val_scores = np.array([0.1, 0.2, 0.8, 0.9])
-    labels = np.array([0, 1, 0, 1])
-    low = evaluate(_batches(val_scores, val_labels), _batches(np.array([0.1, 0.3, 0.35, 0.4]), labels))
-    high = evaluate(_batches(val_scores, val_labels), _batches(np.array([5.0, 7.0, 7.5, 8.0]), labels))
-    assert low["image_threshold"] == high["image_threshold"]
-    assert low["image_AUROC"] == high["image_AUROC"] == 0.75
-    assert low["image_F1Score"] == 0.0  # nothing above the validation threshold
-    assert high["image_F1Score"] == pytest.approx(f1_score(labels, [1, 1, 1, 1]))
+class _Datamodule:
+    """Two datasets in one loader, told apart by path (as UniversalDataModule does)."""
+
+    dataset_names = ("headct", "chest")
+
+    @staticmethod
+    def dataset_index(paths: list[str]) -> torch.Tensor:
+        return torch.tensor([0 if p.startswith("h") else 1 for p in paths])
 
 
-def test_pixel_auroc_is_computed_when_masks_exist() -> None:
-    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
-    masks[2:, 2:4, 2:4] = True
-    maps = torch.rand(4, 1, 8, 8) + 50 * masks[:, None].float()  # raw maps far above 1
+class _Module:
+    def __init__(self) -> None:
+        self.logged: dict[str, float] = {}
+
+    def log(self, name: str, value: float, **_: object) -> None:
+        self.logged[name] = value
+
+
+def test_validation_auroc_is_computed_per_dataset_and_logged_as_their_mean() -> None:
+    evaluator = PerDatasetEvaluator(print_table=False)
+    trainer = SimpleNamespace(datamodule=_Datamodule(), barebones=False)
+    module = _Module()
     batch = SimpleNamespace(
-        pred_score=maps.amax(dim=(1, 2, 3)), gt_label=torch.tensor([0, 0, 1, 1]), anomaly_map=maps, gt_mask=masks
+        image_path=["h1", "h2", "h3", "c1", "c2", "c3", "c4"],
+        pred_score=torch.tensor([31.0, 35.0, 33.0, 0.1, 0.9, 0.2, 0.8]),
+        gt_label=torch.tensor([0, 1, 0, 0, 0, 1, 1]),
+        pred_label=None,
+        anomaly_map=None,
+        gt_mask=None,
+        pred_mask=None,
     )
-    metrics = evaluate([batch], [batch])
-    assert metrics["pixel_AUROC"] == pytest.approx(1.0, abs=1e-6)
-    assert metrics["image_AUROC"] == pytest.approx(1.0, abs=1e-6)
+    evaluator.on_validation_batch_end(trainer, module, batch, batch, 0)
+    evaluator.on_validation_epoch_end(trainer, module)
+    table = evaluator.val_table
+    assert table.loc["headct", "image_AUROC"] == pytest.approx(1.0)
+    assert table.loc["chest", "image_AUROC"] == pytest.approx(0.5)
+    assert table.loc["mean", "image_AUROC"] == pytest.approx(0.75)
+    assert module.logged["val_image_AUROC"] == pytest.approx(0.75)
+
+
+def test_normal_only_validation_has_no_auroc_and_logs_nothing() -> None:
+    evaluator = PerDatasetEvaluator(print_table=False)
+    trainer = SimpleNamespace(datamodule=None, barebones=False)
+    module = _Module()
+    batch = SimpleNamespace(pred_score=torch.tensor([1.0, 2.0]), gt_label=torch.tensor([0, 0]), image_path=None)
+    evaluator.on_validation_batch_end(trainer, module, batch, batch, 0)
+    evaluator.on_validation_epoch_end(trainer, module)
+    assert np.isnan(evaluator.val_table.loc["dataset", "image_AUROC"])
+    assert "val_image_AUROC" not in module.logged

@@ -135,8 +135,8 @@ def test_shot_larger_than_available_normals(make_class_folders: Callable[..., Pa
 def test_splits_are_seeded_nested_and_test_set_is_shot_independent(make_class_folders: Callable[..., Path]) -> None:
     root = make_class_folders(normal=20, abnormal=3)
 
-    def split(shot: int | None, seed: int) -> ClassFolders:
-        datamodule = ClassFolders(root, normal_dir="no", shot=shot, seed=seed, num_workers=0)
+    def split(shot: int | None, seed: int, split_seed: int = 0) -> ClassFolders:
+        datamodule = ClassFolders(root, normal_dir="no", shot=shot, seed=seed, split_seed=split_seed, num_workers=0)
         datamodule.setup()
         return datamodule
 
@@ -147,8 +147,26 @@ def test_splits_are_seeded_nested_and_test_set_is_shot_independent(make_class_fo
     assert _paths(one.val_data) == _paths(full.val_data)
     for datamodule in (one, five, full):
         assert not _paths(datamodule.train_data) & _paths(datamodule.test_data)
-    other_seed = split(1, 1)
-    assert _paths(other_seed.test_data) != _paths(one.test_data)
+    # the seed draws other training normals from the same pool; the split seed makes another test set
+    draws = [split(1, seed) for seed in range(1, 6)]
+    assert all(_paths(d.test_data) == _paths(one.test_data) for d in draws)
+    assert all(_paths(d.val_data) == _paths(one.val_data) for d in draws)
+    assert {frozenset(_paths(d.train_data)) for d in draws} != {frozenset(_paths(one.train_data))}
+    assert _paths(split(1, 0, split_seed=1).test_data) != _paths(one.test_data)
+
+
+def test_stratified_validation_moves_test_images_of_both_classes(make_class_folders: Callable[..., Path]) -> None:
+    root = make_class_folders(normal=20, abnormal=10)
+    plain = ClassFolders(root, normal_dir="no", shot=1, num_workers=0)
+    labelled = ClassFolders(root, normal_dir="no", shot=1, num_workers=0, val_split_mode="from_test")
+    plain.setup()
+    labelled.setup()
+    assert sorted(set(_labels(labelled.val_data))) == [0, 1]
+    assert _paths(labelled.val_data) | _paths(labelled.test_data) == _paths(plain.test_data)
+    assert not _paths(labelled.val_data) & _paths(labelled.test_data)
+    assert len(labelled.val_data) == round(0.2 * 10) + round(0.2 * 10)  # 20 % of the test normals and anomalies
+    with pytest.raises(ValueError, match="val_split_mode must be"):
+        ClassFolders(root, normal_dir="no", val_split_mode="same_as_test")
 
 
 def test_split_folders_bmad_with_masks_and_valid(make_split_folders: Callable[..., Path]) -> None:

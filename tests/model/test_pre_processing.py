@@ -42,14 +42,6 @@ def test_normalization_of_finds_nested_normalize_or_reports_identity() -> None:
     assert normalization_of(PreProcessor(transform=v2.Resize((8, 8)))) == ((0.0,), (1.0,))
 
 
-def test_gamma_uses_the_models_own_pre_processor_normalisation() -> None:
-    """A custom pre-processor's mean/std is undone, so gamma 1 (jitter ~0) leaves images unchanged."""
-    custom = PreProcessor(transform=v2.Compose([v2.Normalize(mean=[0.3, 0.3, 0.3], std=[0.2, 0.2, 0.2])]))
-    model = Sir(image_size=(32, 32), width=16, pre_trained=False, gamma_jitter=1e-9, pre_processor=custom)
-    images = custom(torch.rand(2, 3, 32, 32))
-    assert torch.allclose(model._random_gamma(images), images, atol=1e-4)
-
-
 def test_patchcore_comparison_config_gets_sirs_input_pipeline() -> None:
     section = yaml.safe_load((CONFIGS / "compare" / "patchcore.yaml").read_text())["model"]
     section["init_args"]["pre_trained"] = False  # no teacher weights needed to check the pipeline

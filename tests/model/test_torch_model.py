@@ -1,4 +1,4 @@
-"""Shapes, dtypes, validation and frozen-teacher behaviour of the SIR torch model."""
+"""Shapes, dtypes, validation, frozen teacher, kNN term and core-set of the SIR torch model."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from anomalib.models.components import KCenterGreedy
 
 from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.loss import SirLoss
-from anomalib_sir.models.sir.torch_model import SirModel, UpThenDownBlock
+from anomalib_sir.models.sir.torch_model import QuietKCenterGreedy, SirModel, UpThenDownBlock
 
 
 @pytest.mark.parametrize(
@@ -45,30 +47,33 @@ def test_train_output_has_every_loop_and_teacher_shapes() -> None:
             assert reconstruction.shape == teacher.shape
 
 
-def test_bottleneck_pool_decodes_on_a_coarser_grid_and_keeps_output_shapes() -> None:
-    model = SirModel(pre_trained=False, width=16, loops=2, bottleneck_pool=2).train()
-    decoded: list[tuple[int, ...]] = []
-    model.decoder.register_forward_hook(lambda module, args, output: decoded.append(tuple(output.shape[-2:])))
-    output = model(torch.rand(2, 3, 64, 48))
-    fusion_grid = tuple(output.teacher_features[model.fusion_scale].shape[-2:])  # (4, 3) at stride 16
-    assert decoded == [((fusion_grid[0] + 1) // 2, (fusion_grid[1] + 1) // 2)] * 2  # every loop, ceil-pooled
-    for teacher, reconstruction in zip(output.teacher_features, output.reconstructions[-1], strict=True):
-        assert reconstruction.shape == teacher.shape
-    assert model.eval()(torch.rand(1, 3, 64, 48)).anomaly_map.shape == (1, 1, 64, 48)
-
-
-def test_separate_loop_weights_give_each_loop_its_own_decoder() -> None:
-    shared = SirModel(pre_trained=False, width=16, loops=3)
-    separate = SirModel(pre_trained=False, width=16, loops=3, shared_loops=False)
-    decoder_size = sum(p.numel() for p in shared.decoder.parameters())
-    extra = sum(p.numel() for p in separate.trainable_parameters()) - sum(
-        p.numel() for p in shared.trainable_parameters()
+def test_loops_share_one_decoder_and_refine_the_previous_reconstruction() -> None:
+    """Every loop runs the same decoder weights, and loop t+1 fuses loop t's output (not the teacher again)."""
+    model = SirModel(pre_trained=False, width=16, loops=3).eval()
+    one_loop = SirModel(pre_trained=False, width=16, loops=1).eval()
+    assert sum(p.numel() for p in model.trainable_parameters()) == sum(
+        p.numel() for p in one_loop.trainable_parameters()
     )
-    assert extra == 2 * decoder_size  # loops 2 and 3 get their own blocks
-    output = separate.train()(torch.rand(2, 3, 64, 64))
-    loss = SirLoss()(output.teacher_features, output.reconstructions)
-    loss.backward()
-    assert all(p.grad is not None for p in separate.extra_decoders.parameters())
+    calls: list[torch.Tensor] = []
+    model.fusion.register_forward_hook(lambda module, args, output: calls.append(args[0][0]))
+    with torch.no_grad():
+        teacher = model.extract_features(torch.rand(2, 3, 64, 64))
+        loops = model.reconstruct(teacher)
+    assert len(calls) == 3
+    assert torch.equal(calls[0], teacher[0])
+    assert torch.equal(calls[1], loops[0][0])
+    assert torch.equal(calls[2], loops[1][0])
+
+
+def test_training_noise_only_in_training_mode() -> None:
+    model = SirModel(pre_trained=False, width=16, loops=1)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        teacher = model.extract_features(images)
+        eval_a, eval_b = model.eval().reconstruct(teacher), model.reconstruct(teacher)
+        train_a, train_b = model.train().reconstruct(teacher), model.reconstruct(teacher)
+    assert torch.equal(eval_a[0][0], eval_b[0][0])
+    assert not torch.allclose(train_a[0][0], train_b[0][0])
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode() -> None:
@@ -100,12 +105,12 @@ def test_up_then_down_block_expands_then_contracts() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"loops": 0}, "loops"),
-        ({"width": 0}, "width"),
-        ({"layers": ()}, "layers"),
-        ({"fusion_scale": 5}, "fusion_scale"),
-        ({"noise_std": -1.0}, "noise_std"),
-        ({"bottleneck_pool": 0}, "bottleneck_pool"),
+        ({"loops": 0}, "invalid loops"),
+        ({"width": 0}, "invalid width"),
+        ({"layers": ()}, "invalid layers"),
+        ({"noise_std": -1.0}, "invalid noise_std"),
+        ({"knn_weight": -1.0}, "invalid knn_weight"),
+        ({"memory_bank_size": 0}, "invalid memory_bank_size"),
         ({"topk_ratio": 0.0}, "topk_ratio"),
         ({"score_mode": "mean"}, "score_mode"),
     ],
@@ -123,15 +128,11 @@ def test_score_modes() -> None:
     assert topk == pytest.approx(0.5)
 
 
-def test_loss_weightings() -> None:
+def test_loss_averages_every_loop() -> None:
     teacher = [torch.ones(1, 4, 2, 2)]
     perfect, opposite = [torch.ones(1, 4, 2, 2)], [-torch.ones(1, 4, 2, 2)]
-    loops = [opposite, perfect]
-    assert SirLoss("last")(teacher, loops).item() == pytest.approx(0.0)
-    assert SirLoss("all")(teacher, loops).item() == pytest.approx(1.0)
-    assert SirLoss("increasing")(teacher, loops).item() == pytest.approx(2.0 / 3.0)
-    with pytest.raises(ValueError, match="loop_weighting"):
-        SirLoss("first")
+    assert SirLoss()(teacher, [opposite, perfect]).item() == pytest.approx(1.0)  # (2 + 0) / 2
+    assert SirLoss()(teacher, [perfect, perfect]).item() == pytest.approx(0.0)
 
 
 def test_knn_term_needs_a_fitted_bank_and_survives_a_state_dict_round_trip() -> None:
@@ -141,6 +142,7 @@ def test_knn_term_needs_a_fitted_bank_and_survives_a_state_dict_round_trip() -> 
     with pytest.raises(RuntimeError, match="memory bank is empty"):
         model(images)
     model.fit_memory_bank(images)
+    model.fit_reconstruction_scale([model.extract_features(images)], images.shape[-2:])
     assert model.memory_bank.shape[0] == 64  # 3 images x 16x16 positions, core-set down to 64
     assert (model.map_scales > 0).all()
     with torch.no_grad():
@@ -165,14 +167,29 @@ def test_knn_term_raises_scores_of_unseen_content() -> None:
         assert (model(odd).pred_score > model(normals).pred_score).all()
 
 
-def test_memory_bank_core_set_prints_no_progress_bar(capsys) -> None:
-    """anomalib's sampler draws a tqdm bar per iteration; beside Rich's bar (anomalib train) that exhausted memory."""
-    from anomalib_sir.models.sir.torch_model import select_coreset
+def test_reconstruction_scale_is_the_mean_reconstruction_map() -> None:
+    torch.manual_seed(0)
+    model = SirModel(pre_trained=False, width=16, loops=2).eval()
+    images = torch.rand(4, 3, 64, 64)
+    model.fit_reconstruction_scale([model.extract_features(chunk) for chunk in images.split(2)], (64, 64))
+    with torch.no_grad():
+        expected = model(images).anomaly_map.mean()  # knn_weight 0: the map is the reconstruction term
+    assert torch.allclose(model.map_scales[0], expected)
+    assert model.map_scales[1] == 1.0
 
-    coreset = select_coreset(torch.randn(500, 16), sampling_ratio=0.2)
-    assert coreset.shape == (100, 16)
-    captured = capsys.readouterr()
-    assert "Selecting Coreset" not in captured.err + captured.out
+
+def test_core_set_is_anomalibs_and_prints_no_progress_bar(capsys) -> None:
+    """Same indices as anomalib's KCenterGreedy under the same seeds; no tqdm bar (it cost memory beside Rich's)."""
+    embedding = torch.randn(500, 16)
+    torch.manual_seed(3)
+    np.random.seed(3)  # the random projection draws from numpy and torch
+    ours = QuietKCenterGreedy(embedding, sampling_ratio=0.2).select_coreset_idxs()
+    assert "Selecting Coreset" not in "".join(capsys.readouterr())
+    torch.manual_seed(3)
+    np.random.seed(3)
+    theirs = KCenterGreedy(embedding, sampling_ratio=0.2).select_coreset_idxs()
+    assert ours == theirs
+    assert len(set(ours)) == 100
 
 
 _CORESET_UNDER_A_MEMORY_CAP = """
@@ -180,18 +197,18 @@ import resource, numpy, torch
 resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30))
 torch.set_num_threads(1)
 torch.manual_seed(0)
-numpy.random.seed(0)  # the sampler's random projection draws from numpy; this draw failed 3 of 3 without the fix
-from anomalib_sir.models.sir.torch_model import select_coreset
-embedding = torch.randn(150, 120, 8, 8).permute(0, 2, 3, 1).reshape(-1, 120)
-print(tuple(select_coreset(embedding, 800 / len(embedding)).shape))
+numpy.random.seed(0)
+from anomalib_sir.models.sir.torch_model import QuietKCenterGreedy  # the sampler SirModel.fit_memory_bank uses
+embedding = torch.randn(150, 120, 8, 8).permute(0, 2, 3, 1).reshape(-1, 120)  # a 150-image bank's vectors
+print(tuple(QuietKCenterGreedy(embedding, sampling_ratio=800 / len(embedding)).sample_coreset().shape))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc allocator behaviour")
-def test_memory_bank_core_set_fits_in_3_gb() -> None:
-    # Without limit_heap_fragmentation() in select_coreset this 9600-vector bank kept ~8.7 MB per selected vector
-    # (one thread, torch 2.14, glibc 2.36) and failed here with "can't allocate memory"; anomalib train
-    # was OOM-killed at 24 GB on a 150-image full-shot bank.
+def test_memory_bank_core_set_fits_in_3_gb_without_allocator_tuning() -> None:
+    # anomalib's sampler allocates a new (N, d) tensor per selected vector; with glibc's default allocator this
+    # 9600-vector bank then fails under 3 GB ("can't allocate memory"; anomalib train was OOM-killed at 24 GB on
+    # a 150-image full-shot bank). The model's sampler reuses its buffers, so no mallopt is needed.
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}  # conftest sets it for the suite
     result = subprocess.run(
         [sys.executable, "-c", _CORESET_UNDER_A_MEMORY_CAP],
@@ -206,11 +223,12 @@ def test_memory_bank_core_set_fits_in_3_gb() -> None:
 
 
 def test_standardized_input_ignores_exposure_and_contrast() -> None:
-    """With ``standardize_input`` a brighter, higher-contrast copy of an image gets the same map and score."""
+    """A brighter, higher-contrast copy of an image gets the same map and score (STANDARDIZE_INPUT)."""
     torch.manual_seed(0)
-    model = SirModel(pre_trained=False, width=16, loops=2, standardize_input=True).eval()
-    plain = SirModel(pre_trained=False, width=16, loops=2, standardize_input=False).eval()
+    model = SirModel(pre_trained=False, width=16, loops=2).eval()
+    plain = SirModel(pre_trained=False, width=16, loops=2).eval()
     plain.load_state_dict(model.state_dict())
+    plain.STANDARDIZE_INPUT = False
     images = torch.rand(2, 3, 64, 64) - 0.5
     changed = 1.7 * images + 0.3
     with torch.no_grad():
@@ -219,3 +237,19 @@ def test_standardized_input_ignores_exposure_and_contrast() -> None:
     assert torch.allclose(out.anomaly_map, out_changed.anomaly_map, atol=1e-4)
     assert torch.allclose(out.pred_score, out_changed.pred_score, atol=1e-5)
     assert not torch.allclose(raw.pred_score, raw_changed.pred_score, atol=1e-3)  # without it, they differ
+
+
+def test_no_module_of_the_package_imports_unittest() -> None:
+    """Library code patches nothing at run time (mock.patch once muted anomalib's core-set bar)."""
+    import ast
+    from pathlib import Path
+
+    import anomalib_sir
+
+    offenders = []
+    for path in Path(anomalib_sir.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "unittest"]
+    assert not offenders

@@ -120,7 +120,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from anomalib_sir.benchmark.runner import prepare_run, run_grid
 
-    run_dir = prepare_run(config, args.resume)
+    try:
+        run_dir = prepare_run(config, args.resume)
+    except (ValueError, OSError) as exc:  # a dataset folder, labels file or run folder that does not work
+        print(f"anomalib-sir benchmark: error: {exc}", file=sys.stderr)
+        return 2
     print(f"Run folder: {run_dir}")
     statuses = run_grid(
         config, run_dir, cells, progress=not args.no_progress, executor=args.executor, address=args.ray_address

@@ -263,15 +263,19 @@ def reconcile_changed_config(run_dir: Path, saved: BenchmarkConfig, config: Benc
 
 
 def prepare_run(config: BenchmarkConfig, resume: str | Path | None = None) -> Path:
-    """Create a new run folder (or reopen ``resume``), write config/environment, install the teacher.
+    """Check the teacher and every dataset, then create a new run folder (or reopen ``resume``).
 
-    Resuming with an edited config keeps the finished cells the edit does not affect (see
+    Every dataset is listed and split once first, so a bad folder fails here (before any folder is written),
+    not hours into the grid. Resuming with an edited config keeps the finished cells the edit does not affect (see
     :func:`reconcile_changed_config`).
 
     """
     from anomalib_sir.benchmark.data import member_datamodule
     from anomalib_sir.teacher import ensure_pretrained_available
 
+    ensure_pretrained_available(config.backbone)
+    for name in config.datasets:
+        member_datamodule(config, name, None, 0).setup()
     if resume is not None:
         run_dir = latest_run_dir(config.results_root, config.name) if str(resume) == "latest" else Path(resume)
         saved = BenchmarkConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -281,7 +285,4 @@ def prepare_run(config: BenchmarkConfig, resume: str | Path | None = None) -> Pa
         run_dir = new_run_dir(config.results_root, config.name)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         _write_json(run_dir / "environment.json", _environment(config))
-    ensure_pretrained_available(config.backbone)
-    for name in config.datasets:  # list and split every dataset once: a bad folder fails here, not in a cell
-        member_datamodule(config, name, None, 0).setup()
     return run_dir

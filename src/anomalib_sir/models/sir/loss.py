@@ -1,25 +1,22 @@
-"""Cosine feature-reconstruction loss for SIR.
+"""Cosine feature-reconstruction loss for SIR: mean ``1 - cos`` over positions and scales, then over loops.
 
 Example:
     >>> import torch
     >>> from anomalib_sir.models.sir.loss import SirLoss
-    >>> teacher = [torch.randn(2, 8, 4, 4)]
-    >>> loss = SirLoss(loop_weighting="last")
-    >>> float(loss(teacher, [[teacher[0].clone()]])) < 1e-6
-    True
+    >>> teacher = [torch.ones(1, 4, 2, 2)]
+    >>> perfect, opposite = [torch.ones(1, 4, 2, 2)], [-torch.ones(1, 4, 2, 2)]
+    >>> SirLoss()(teacher, [perfect]).item(), SirLoss()(teacher, [opposite, perfect]).item()
+    (0.0, 1.0)
 
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-
-LoopWeighting = Literal["all", "last", "increasing"]
 
 
 def cosine_distance(teacher: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -28,20 +25,7 @@ def cosine_distance(teacher: torch.Tensor, reconstruction: torch.Tensor) -> torc
 
 
 class SirLoss(nn.Module):
-    """Mean ``1 - cos`` over positions and scales, combined over refinement loops.
-
-    Args:
-        loop_weighting: ``"all"`` averages every loop's loss equally, ``"last"`` uses only the final
-            loop, ``"increasing"`` weights loop ``t`` (1-based) by ``t``.
-
-    """
-
-    def __init__(self, loop_weighting: LoopWeighting = "all") -> None:
-        super().__init__()
-        if loop_weighting not in {"all", "last", "increasing"}:
-            msg = f"loop_weighting must be 'all', 'last' or 'increasing', got {loop_weighting!r}"
-            raise ValueError(msg)
-        self.loop_weighting = loop_weighting
+    """Mean ``1 - cos`` over positions and scales, averaged over the refinement loops (each loop counts)."""
 
     def forward(
         self,
@@ -51,21 +35,12 @@ class SirLoss(nn.Module):
         """Compute the loss.
 
         Args:
-            teacher_features: one ``(B, C_s, H_s, W_s)`` tensor per scale.
+            teacher_features: one ``(B, C_s, H_s, W_s)`` tensor per scale (not differentiated).
             reconstructions: for each loop, one tensor per scale with the teacher's shapes.
 
         """
-        per_loop = torch.stack(
-            [
-                torch.stack(
-                    [cosine_distance(t.detach(), r).mean() for t, r in zip(teacher_features, loop, strict=True)]
-                ).mean()
-                for loop in reconstructions
-            ]
-        )
-        if self.loop_weighting == "last":
-            return per_loop[-1]
-        if self.loop_weighting == "all":
-            return per_loop.mean()
-        weights = torch.arange(1, len(per_loop) + 1, device=per_loop.device, dtype=per_loop.dtype)
-        return (per_loop * weights).sum() / weights.sum()
+        per_loop = [
+            torch.stack([cosine_distance(t.detach(), r).mean() for t, r in zip(teacher_features, loop, strict=True)])
+            for loop in reconstructions
+        ]
+        return torch.stack([loop.mean() for loop in per_loop]).mean()
