@@ -3,7 +3,7 @@
 anomalib's k-center greedy core-set sampler (PatchCore's memory bank) allocates and frees one
 ``(N, d)`` temporary per selected vector. With glibc's adaptive mmap threshold those temporaries can stay on
 the heap and fragment it (on Linux/glibc 2.36 with torch 2.14 a PatchCore bank exhausted 24 GB). SIR's own
-sampler (:class:`~anomalib_sir.models.sir.torch_model.QuietKCenterGreedy`) reuses its buffers and needs no such
+sampler (:class:`~anomalib_sir.models.coreset.QuietKCenterGreedy`) reuses its buffers and needs no such
 setting; the harness sets it per cell process for PatchCore.
 """
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from anomalib.models.components import KCenterGreedy
 
+from anomalib_sir.models.coreset import QuietKCenterGreedy
 from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.loss import SirLoss
-from anomalib_sir.models.sir.torch_model import QuietKCenterGreedy, SirModel, UpThenDownBlock
+from anomalib_sir.models.sir.torch_model import SirModel, UpThenDownBlock
 
 
 @pytest.mark.parametrize(
@@ -198,7 +199,7 @@ resource.setrlimit(resource.RLIMIT_DATA, (3 * 2**30, 3 * 2**30))
 torch.set_num_threads(1)
 torch.manual_seed(0)
 numpy.random.seed(0)
-from anomalib_sir.models.sir.torch_model import QuietKCenterGreedy  # the sampler SirModel.fit_memory_bank uses
+from anomalib_sir.models.coreset import QuietKCenterGreedy  # the sampler SirModel.fit_memory_bank uses
 embedding = torch.randn(150, 120, 8, 8).permute(0, 2, 3, 1).reshape(-1, 120)  # a 150-image bank's vectors
 print(tuple(QuietKCenterGreedy(embedding, sampling_ratio=800 / len(embedding)).sample_coreset().shape))
 """

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 #: CSV columns, in order (metrics: image level unless prefixed ``pixel_``; times in seconds or ms/image).
 CSV_COLUMNS: tuple[str, ...] = (
@@ -216,6 +217,43 @@ def mean_over_datasets_table(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def auroc_by_dataset_table(
+    results: pd.DataFrame, metric: str = "image_AUROC", datasets: Sequence[str] | None = None
+) -> str:
+    """Markdown: one row per setting x shot x model, one column per dataset and their mean (mean ± std over seeds).
+
+    The mean column averages the datasets within each seed first; only seeds with every one of ``datasets``
+    (default: those in ``results``) finished enter it (``seeds`` says how many), so a grid still running never
+    mixes dataset subsets.
+
+    Example:
+        >>> rows = pd.DataFrame({"model": ["A"] * 4, "setting": ["universal"] * 4, "shot": ["1-shot"] * 4,
+        ...                      "seed": [0, 0, 1, 1], "dataset": ["x", "y", "x", "y"],
+        ...                      "image_AUROC": [0.6, 0.8, 0.8, 1.0]})
+        >>> print(auroc_by_dataset_table(rows).splitlines()[-1])
+        | universal | 1-shot | A | 2 | 0.700 ± 0.141 | 0.900 ± 0.141 | 0.800 ± 0.141 |
+
+    """
+    datasets = list(datasets) if datasets else list(dict.fromkeys(results["dataset"]))
+    header = ["setting", "shot", "model", "seeds", *datasets, "mean"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    keys = ["setting", "shot", "model"]
+    for key, part in results.sort_values(keys, kind="stable").groupby(keys, sort=False):
+        cells = [*map(str, key)]
+        complete = part.groupby("seed")["dataset"].nunique()
+        complete_seeds = complete[complete == len(datasets)].index
+        per_seed = part[part["seed"].isin(complete_seeds)].groupby("seed")[metric].mean()
+        cells.append(str(len(per_seed)))
+        for dataset in datasets:
+            values = part.loc[part["dataset"] == dataset, metric].dropna()
+            cells.append(format_mean_std(values.mean() if len(values) else math.nan, values.std(ddof=1), len(values)))
+        cells.append(
+            format_mean_std(per_seed.mean() if len(per_seed) else math.nan, per_seed.std(ddof=1), len(per_seed))
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _condition(summary: pd.DataFrame) -> pd.Series:
     return summary["setting"] + "\n" + summary["shot"]
 
@@ -319,6 +357,17 @@ def _failures(run_dir: Path) -> list[str]:
     return out
 
 
+def _grid_datasets(run_dir: Path) -> list[str] | None:
+    """Dataset names of the run's grid (its ``config.yaml``), or ``None`` when it cannot be read."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        from anomalib_sir.benchmark.config import BenchmarkConfig
+
+        return list(BenchmarkConfig.from_dict(yaml.safe_load(path.read_text())).datasets)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def write_report(run_dir: str | Path, extra_notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write ``results.csv``, ``summary.md``, ``auroc_by_setting.png`` and ``latency_vs_auroc.png``.
 
@@ -349,7 +398,12 @@ def write_report(run_dir: str | Path, extra_notes: Sequence[str] = ()) -> dict[s
         summary = summarize(results)
         lines += [markdown_table(summary), ""]
         lines += ["Mean over datasets (per seed, then mean ± std over seeds):", "", mean_over_datasets_table(results)]
-        lines += [""]
+        lines += ["", "Image AUROC per dataset, test (mean ± std over seeds; `mean`: over datasets per seed):", ""]
+        names = _grid_datasets(run_dir)
+        lines += [auroc_by_dataset_table(results, "image_AUROC", names), ""]
+        if results["val_image_AUROC"].notna().any():
+            lines += ["Image AUROC per dataset, validation (what settings are chosen by):", ""]
+            lines += [auroc_by_dataset_table(results, "val_image_AUROC", names), ""]
         paths["auroc_plot"] = plot_auroc_by_setting(summary, run_dir / "auroc_by_setting.png")
         paths["latency_plot"] = plot_latency_vs_auroc(summary, run_dir / "latency_vs_auroc.png")
         load = results[["load_avg_start", "load_avg_end"]].to_numpy()
