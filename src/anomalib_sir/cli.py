@@ -1,21 +1,28 @@
 """``anomalib-sir`` console script: subcommands around the SIR plugin.
 
-Training, testing and exporting go through anomalib's own CLI (``anomalib train|test|export --model Sir``).
+Training and testing go through anomalib's own CLI (``anomalib train|test --model Sir``).
 This script adds what anomalib does not have:
 
+* ``anomalib-sir export --ckpt model.ckpt``: export a trained Sir checkpoint to OpenVINO IR and ONNX, next to
+  the checkpoint's run folder by default, into fresh ``weights/<type>[-N]`` folders (never overwritten).
 * ``anomalib-sir predict MODEL INPUT...``: score new scans (PNG/JPEG, DICOM files or series, NIfTI
   volumes) with an exported model; write ``predictions.csv`` and heatmap PNGs.
 * ``anomalib-sir parity --ckpt model.ckpt``: export to OpenVINO and ONNX and check both against torch.
 
+Problems with what was passed (a missing file, a folder without images, another model's checkpoint) are
+reported in one line naming the file and the fix, with exit status 2; ``--verbose`` (before or after the
+subcommand) adds INFO logs and the traceback.
+
 Adding a subcommand: write a ``configure(parser)`` function that declares its arguments and a
 ``run(args) -> int`` handler, and decorate the handler with :func:`register` in this module (see
 ``predict`` below). Keep heavy imports (torch, anomalib) *inside* the handler, so that
-``anomalib-sir --help`` stays instant.
+``anomalib-sir --help`` stays instant. Raise :class:`anomalib_sir.deploy.errors.DeployError` for a user
+error.
 
 Example:
     >>> from anomalib_sir.cli import build_parser
-    >>> sorted(name for name in SUBCOMMANDS)[:2]
-    ['benchmark', 'parity']
+    >>> sorted(name for name in SUBCOMMANDS)[:3]
+    ['benchmark', 'export', 'parity']
     >>> build_parser().parse_args(["predict", "model.xml", "scans/"]).output
     'predictions'
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +96,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="same-size images per call (default: 8)")
     parser.add_argument("--no-heatmaps", action="store_true", help="write the CSV only")
     parser.add_argument("--heatmap-size", type=int, default=256, help="heatmap panel size, pixels")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: on a terminal)")
     parser.add_argument(
         "--precision",
         choices=["f32", "bf16", "f16", "plugin"],
@@ -110,11 +119,52 @@ def _predict(args: argparse.Namespace) -> int:
         heatmaps=not args.no_heatmaps,
         heatmap_size=args.heatmap_size,
         precision=None if args.precision == "plugin" else args.precision,
+        progress=False if args.no_progress else None,
     )
-    print(f"{run.num_images} images scored, {run.num_anomalous} anomalous -> {run.csv_path}")
-    if run.skipped:
-        print(f"{len(run.skipped)} files skipped (not readable images), e.g. {run.skipped[0]}")
-    return 0 if run.num_images else 1
+    print(run.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _default_export_root(checkpoint: Path) -> Path:
+    """Return the run folder of an anomalib checkpoint (``<run>/weights/lightning/model.ckpt``), else its folder."""
+    parent = checkpoint.resolve().parent
+    if parent.name == "lightning" and parent.parent.name == "weights":
+        return parent.parent.parent
+    return parent
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", type=Path, required=True, help="trained Sir checkpoint (.ckpt)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="export root; files go to OUTPUT/weights/<type>/ (default: the checkpoint's run folder, i.e. next to"
+        " its weights/lightning/); an existing export is never overwritten: weights/<type>-2, -3, ... instead",
+    )
+    parser.add_argument(
+        "--format",
+        nargs="+",
+        choices=["openvino", "onnx"],
+        default=["openvino", "onnx"],
+        help="what to export (default: both; traced once)",
+    )
+
+
+@register("export", "export a trained Sir checkpoint to OpenVINO IR / ONNX (never overwrites)", _export_arguments)
+def _export(args: argparse.Namespace) -> int:
+    from anomalib_sir.deploy import export_model, load_sir_checkpoint
+
+    model = load_sir_checkpoint(args.ckpt)
+    root = args.output if args.output is not None else _default_export_root(args.ckpt)
+    paths = export_model(model, root, export_types=args.format)
+    for export_type, path in paths.items():
+        print(f"{export_type}: {path}")
+    first = paths.get("openvino", next(iter(paths.values())))
+    print(f"score scans with: anomalib-sir predict {first} SCANS...")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- parity
@@ -137,10 +187,19 @@ def _parity_arguments(parser: argparse.ArgumentParser) -> None:
 def _parity(args: argparse.Namespace) -> int:
     import tempfile
 
-    from anomalib_sir import Sir
-    from anomalib_sir.deploy import check_parity, export_model, fresh_directory, iter_scan_images, synthetic_images
+    from anomalib_sir.deploy import (
+        DeployError,
+        check_parity,
+        export_model,
+        iter_scan_images,
+        load_sir_checkpoint,
+        synthetic_images,
+    )
 
-    model = Sir.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+    for given in (args.openvino, args.onnx):
+        if given is not None and not given.is_file():
+            raise DeployError(f"exported model not found: {given}", fix="pass the model.xml / model.onnx of an export")
+    model = load_sir_checkpoint(args.ckpt)
     if args.images:
         images = [scan.image.transpose(2, 0, 1)[None] for scan in iter_scan_images(args.images)]
     else:
@@ -148,8 +207,9 @@ def _parity(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = [p for p in (args.openvino, args.onnx) if p is not None]
         if not paths:
-            root = fresh_directory(args.export_root) if args.export_root else Path(tmp)
-            paths = list(export_model(model, root).values())
+            paths = list(export_model(model, args.export_root or Path(tmp)).values())
+            if args.export_root:
+                print("exported: " + ", ".join(str(p) for p in paths))
         report = check_parity(model, paths, images, atol=args.atol)
     print(f"model image threshold (raw): {report.image_threshold:.6g}")
     print(report.format_table())
@@ -174,22 +234,77 @@ def _benchmark(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def _add_verbose(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log at INFO level; tracebacks on errors"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="anomalib-sir", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser = argparse.ArgumentParser(prog="anomalib-sir", description=__doc__.split("\n\n")[0].replace("``", ""))
+    _add_verbose(parser, default=False)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in SUBCOMMANDS.values():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.configure(sub)
+        if not any("--verbose" in action.option_strings for action in sub._actions):
+            _add_verbose(sub, default=argparse.SUPPRESS)  # also accepted after the subcommand
     return parser
 
 
+def configure_logging(verbose: bool) -> None:
+    """One plain console handler on the root logger, at INFO (``verbose``) or WARNING.
+
+    The handler's own level filters too, so loggers that set themselves to INFO (Lightning does) stay quiet
+    unless ``verbose``. An existing root handler (pytest's, a caller's) is left alone: nothing is added twice.
+    The ONNX graph-pass loggers stay at WARNING even with ``verbose`` (see ``anomalib_sir_hook``).
+    """
+    from anomalib_sir_hook import quiet_chatty_loggers
+
+    level = logging.INFO if verbose else logging.WARNING
+    quiet_chatty_loggers()
+    root = logging.getLogger()
+    root.setLevel(level)
+    if root.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root.addHandler(handler)
+
+
+def _error_line(error: BaseException) -> str:
+    """Format ``error`` as one line: user errors as they are, anything else with its type."""
+    from anomalib_sir.data.io import ImageReadError
+
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > 300:
+        text = text[:297] + "..."
+    known = isinstance(error, ImageReadError | FileNotFoundError) or type(error).__module__.startswith(
+        "anomalib_sir.deploy"
+    )
+    if known:
+        return text
+    return f"{type(error).__name__}: {text} (run with --verbose for the traceback)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the console script; returns the exit status."""
+    """Run the console script; returns the exit status (2 for an error in what was passed)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    return SUBCOMMANDS[args.command].run(args)
+    verbose = bool(getattr(args, "verbose", False))
+    configure_logging(verbose)
+    try:
+        return SUBCOMMANDS[args.command].run(args)
+    except KeyboardInterrupt:
+        print(f"anomalib-sir {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if verbose:
+            traceback.print_exc()
+        print(f"anomalib-sir {args.command}: error: {_error_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

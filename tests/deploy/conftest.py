@@ -62,6 +62,17 @@ def sir_checkpoint(trained_sir, sir_fit_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def padim_checkpoint(demo_datamodule, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of anomalib's Padim (resnet18, random weights, one epoch): another model's file."""
+    from anomalib.models import Padim
+
+    workdir = tmp_path_factory.mktemp("fit_padim")
+    _fit(Padim(backbone="resnet18", layers=["layer1", "layer2"], pre_trained=False), demo_datamodule(), workdir)
+    (checkpoint,) = workdir.rglob("*.ckpt")
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
 def trained_sir_resnet(demo_datamodule, tmp_path_factory: pytest.TempPathFactory):
     """SIR with another backbone: timm resnet18, random weights (parity does not need pretraining)."""
     from anomalib_sir import Sir

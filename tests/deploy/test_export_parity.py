@@ -76,9 +76,11 @@ def test_parity_fails_when_outputs_differ(trained_sir, sir_exports: dict[str, Pa
 def test_export_never_overwrites(trained_sir, sir_exports: dict[str, Path]) -> None:
     export_root = sir_exports["onnx"].parents[2]
     before = sir_exports["onnx"].stat().st_mtime_ns
-    with pytest.raises(FileExistsError):
-        export_model(trained_sir, export_root, export_types=("onnx",))
+    again = export_model(trained_sir, export_root, export_types=("onnx",))
+    assert again["onnx"] == export_root / "weights" / "onnx-2" / "model.onnx"  # a new folder, not a replacement
+    assert again["onnx"].is_file()
     assert sir_exports["onnx"].stat().st_mtime_ns == before
+    assert not list((export_root / "weights").glob(".partial-*"))
 
 
 def test_a_score_on_the_threshold_is_borderline_not_a_mismatch(

@@ -44,7 +44,7 @@ from anomalib.data.utils import LabelName, ValSplitMode
 from pandas import DataFrame
 from torchvision.transforms.v2 import Transform
 
-from .dataset import SirDataset, infer_task
+from .dataset import SirDataset, check_samples, infer_task
 from .layouts import class_folder_samples, data_json_samples, labels_file_samples, split_folder_samples
 from .splits import assign_splits, log_split, val_split_mode_of
 
@@ -136,7 +136,12 @@ class MedicalDataModule(AnomalibDataModule):
         return Path(trainer.default_root_dir) if trainer is not None else None
 
     def _setup(self, _stage: str | None = None) -> None:
-        """Build samples, assign seeded splits, create the train/val/test datasets and record the split."""
+        """Build samples, assign seeded splits, check every file, create the datasets and record the split.
+
+        Raises:
+            ImageFilesError: files of the train, validation or test split cannot be read (all listed at once).
+
+        """
         frame = assign_splits(
             self.make_samples(),
             shot=self.shot,
@@ -148,6 +153,7 @@ class MedicalDataModule(AnomalibDataModule):
             val_split_mode=self.val_split_mode,
         )
         self.splits = frame
+        check_samples(frame, self.name)  # every train/val/test file, from headers: fail before training
         test = frame[frame["split"] == "test"]
         task = infer_task(test)
         train = frame[frame["split"] == "train"]

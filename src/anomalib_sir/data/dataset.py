@@ -35,10 +35,55 @@ from pandas import DataFrame
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Image, Mask
 
-from .io import ImageReadError, image_exists, read_image, read_mask
+from .io import ImageFilesError, ImageReadError, check_image_file, image_exists, read_image, read_mask
 
 #: Columns every samples frame has (anomalib's two plus the ones this package fills in).
 SAMPLE_COLUMNS = ("image_path", "label", "label_index", "mask_path", "split")
+
+#: Splits whose files are read (and so checked before training); ``"unused"`` images are never read.
+READ_SPLITS = ("train", "val", "test")
+
+
+def check_samples(samples: DataFrame, name: str = "dataset", splits: tuple[str, ...] = READ_SPLITS) -> None:
+    """Check every image and mask file of the given splits from its header; one error lists all bad files.
+
+    The datamodules call this at setup, so a corrupt file, a DICOM without pixels or a 4-D NIfTI in the
+    *test* split stops the run before training rather than after it (see
+    :func:`~anomalib_sir.data.io.check_image_file` for what is checked; nothing is decoded).
+
+    Raises:
+        ImageFilesError: the files that cannot be read, with the reason for each and the count.
+
+    Example:
+        >>> import pandas as pd, tempfile
+        >>> from pathlib import Path
+        >>> bad = Path(tempfile.mkdtemp()) / "scan.png"
+        >>> _ = bad.write_text("not an image")
+        >>> frame = pd.DataFrame({"image_path": [str(bad)], "mask_path": [""], "split": ["test"]})
+        >>> check_samples(frame, "demo")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        anomalib_sir.data.io.ImageFilesError: demo: 1 file(s) cannot be read as images; remove or replace ...
+        >>> check_samples(frame.assign(split="unused"), "demo")
+
+    """
+    rows = samples[samples["split"].isin(splits)] if "split" in samples else samples
+    split_of = rows["split"].astype(str).tolist() if "split" in rows else [""] * len(rows)
+    images = rows["image_path"].astype(str).tolist()
+    masks = rows["mask_path"].fillna("").astype(str).tolist() if "mask_path" in rows else [""] * len(rows)
+    problems: list[tuple[str, str]] = []
+    seen: set[tuple[str, bool]] = set()
+    for split, image, mask in zip(split_of, images, masks, strict=True):
+        for path, is_mask in ((image, False), (mask, True)):
+            if not path or (path, is_mask) in seen:
+                continue
+            seen.add((path, is_mask))
+            problem = check_image_file(path, mask=is_mask)
+            if problem is not None:
+                where = f" [{split} split{' mask' if is_mask else ''}]" if split else (" [mask]" if is_mask else "")
+                problems.append((path, problem + where))
+    if problems:
+        raise ImageFilesError(problems, name)
 
 
 def infer_task(samples: DataFrame) -> TaskType:

@@ -7,7 +7,9 @@ is 0 for any other datamodule. At the end of testing it
 
 * logs ``<metric>/<dataset>`` for every dataset and ``<metric>`` for the mean over datasets (so with a single
   dataset the usual ``image_AUROC`` is that dataset's value);
-* prints the table and writes it to ``<run dir>/metrics_per_dataset.csv`` and ``.md``;
+* prints the table and writes it to ``<run dir>/metrics_per_dataset.csv`` and ``.md`` – never over existing
+  files: if they exist (``anomalib test`` in the training run's folder), ``metrics_per_dataset-2.csv`` ...
+  is used, and the path is logged (:attr:`PerDatasetEvaluator.table_path`);
 * keeps it as :attr:`PerDatasetEvaluator.table` (a DataFrame).
 
 During validation it also keeps :attr:`PerDatasetEvaluator.val_table`: the image AUROC of each dataset's
@@ -164,6 +166,41 @@ def format_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
+def write_table_files(table: pd.DataFrame, markdown: str, directory: str | Path, stem: str = TABLE_NAME) -> Path:
+    """Write ``<stem>.csv`` and ``<stem>.md`` in ``directory`` without overwriting anything; return the CSV.
+
+    When either file exists (e.g. ``anomalib test`` in the training run's folder), the first free pair
+    ``<stem>-2``, ``<stem>-3``, ... is used; files are created exclusively.
+
+    Example:
+        >>> import tempfile
+        >>> table = pd.DataFrame({"image_AUROC": [0.5]}, index=pd.Index(["a"], name="dataset"))
+        >>> folder = tempfile.mkdtemp()
+        >>> [write_table_files(table, "| a |", folder).name for _ in range(2)]
+        ['metrics_per_dataset.csv', 'metrics_per_dataset-2.csv']
+
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    index = 1
+    while True:
+        name = stem if index == 1 else f"{stem}-{index}"
+        csv_path, md_path = directory / f"{name}.csv", directory / f"{name}.md"
+        if not csv_path.exists() and not md_path.exists():
+            try:
+                with csv_path.open("x", newline="") as file:
+                    table.to_csv(file)
+            except FileExistsError:  # created meanwhile by another process
+                index += 1
+                continue
+            with md_path.open("x") as file:
+                file.write(markdown + "\n")
+            if index > 1:
+                logger.info("%s exists; not overwritten", directory / f"{stem}.csv")
+            return csv_path
+        index += 1
+
+
 class PerDatasetEvaluator(Evaluator):
     """anomalib ``Evaluator`` computing the test metrics per dataset, plus their mean.
 
@@ -194,6 +231,7 @@ class PerDatasetEvaluator(Evaluator):
         self._per_dataset: dict[int, list[AnomalibMetric]] = {}
         self._val_scores: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.table: pd.DataFrame | None = None
+        self.table_path: Path | None = None
         self.val_table: pd.DataFrame | None = None
 
     def update(self, batch: Any, dataloader_idx: int = 0) -> None:
@@ -300,10 +338,8 @@ class PerDatasetEvaluator(Evaluator):
         if self.print_table:
             print(f"\nTest metrics per dataset (mean = average over datasets):\n{text}\n")
         directory = Path(self.output_dir) if self.output_dir else Path(trainer.default_root_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        table.to_csv(directory / f"{TABLE_NAME}.csv")
-        (directory / f"{TABLE_NAME}.md").write_text(text + "\n")
-        logger.info("Per-dataset metrics written to %s", directory / f"{TABLE_NAME}.csv")
+        self.table_path = write_table_files(table, text, directory)
+        logger.info("Per-dataset metrics written to %s (and .md)", self.table_path)
 
     @staticmethod
     def _dataset_names(trainer: Trainer) -> list[str]:

@@ -19,6 +19,14 @@ Conversion rules:
   :func:`read_volume_slices`, or a *slice reference* made by :func:`slice_reference`
   (``"brain.nii.gz::axis2:0040"``) wherever an image path is expected; the window is computed once per
   volume so every slice of a volume shares it. Multi-frame DICOMs are volumes along axis 0.
+* Size: an image whose longer side exceeds :data:`MAX_IMAGE_SIDE` (2048 px) is downscaled at read time
+  (area-preserving box resampling, aspect ratio kept; JPEGs are decoded at reduced scale) so memory stays
+  bounded; masks are downscaled to the same size. An image whose shorter side is below
+  :data:`MIN_IMAGE_SIDE` (32 px) is read as is, with one warning per file.
+
+:func:`check_image_file` finds, from headers only, the problems that :func:`read_image` /
+:func:`read_mask` would raise (corrupt or truncated files, DICOMs without pixel data, 4-D NIfTI ...); the
+datamodules run it on every file of every split before training (:func:`check_image_files`).
 
 Example:
     >>> import numpy as np, tempfile
@@ -40,7 +48,7 @@ import functools
 import gzip
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -61,6 +69,14 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 
 #: Percentile window used when a file carries no window of its own.
 DEFAULT_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+#: Longer side (pixels) above which :func:`read_image` / :func:`read_mask` downscale at read time.
+MAX_IMAGE_SIDE: int = 2048
+#: Shorter side (pixels) below which :func:`read_image` warns (once per file) that the image is tiny.
+MIN_IMAGE_SIDE: int = 32
+
+_WARNED_SMALL: set[str] = set()
+_NOT_AN_IMAGE = "file name says image, but its content is not a known image format"
 
 _SLICE_REF = re.compile(r"^(?P<path>.+)::axis(?P<axis>\d+):(?P<index>\d+)$")
 
@@ -182,13 +198,16 @@ def list_images(
     exclude_dirs: tuple[str, ...] = (),
     expand_volumes: bool = False,
     axis: int = 2,
+    keep_unreadable: bool = False,
 ) -> list[str]:
     """Sorted image files under ``folder``, chosen by content.
 
     Hidden files/folders and files whose name does not announce an image (``labels.csv``, ``Thumbs.db``)
     are skipped when their content is not an image. A file whose *name* announces an image
     (``.png``, ``.dcm``, no extension, ...) but whose content is not one raises :class:`ImageReadError`,
-    so a corrupt file is reported when the dataset is built, not halfway through training.
+    so a corrupt file is reported when the dataset is built, not halfway through training; with
+    ``keep_unreadable`` it is listed instead, so that :func:`check_image_files` reports it together with
+    every other bad file (the datamodules do this).
 
     Args:
         folder: folder to search.
@@ -196,10 +215,11 @@ def list_images(
         exclude_dirs: names of sub-folders to skip (e.g. mask folders ``("label", "ground_truth")``).
         expand_volumes: replace each 3-D NIfTI / multi-frame DICOM by one slice reference per slice.
         axis: slicing axis for ``expand_volumes``.
+        keep_unreadable: list files named like images whose content is not an image, instead of raising.
 
     Raises:
         FileNotFoundError: ``folder`` is not a folder.
-        ImageReadError: a file named like an image is not one.
+        ImageReadError: a file named like an image is not one (unless ``keep_unreadable``).
 
     Example:
         >>> import numpy as np, tempfile
@@ -227,10 +247,18 @@ def list_images(
         kind = detect_format(path)
         if kind is None:
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                raise ImageReadError(path, "file name says image, but its content is not a known image format")
+                if keep_unreadable:
+                    found.append(str(path))
+                    continue
+                raise ImageReadError(path, _NOT_AN_IMAGE)
             continue
         if expand_volumes and kind in ("nifti", "dicom"):
-            depth = volume_depth(path, axis=axis)
+            try:
+                depth = volume_depth(path, axis=axis)
+            except ImageReadError:
+                if not keep_unreadable:
+                    raise
+                depth = 1  # reported by check_image_files
             if depth > 1:
                 found.extend(slice_reference(path, index, axis=axis) for index in range(depth))
                 continue
@@ -312,10 +340,55 @@ def percentile_window(array: np.ndarray, percentiles: tuple[float, float] = DEFA
 # --------------------------------------------------------------------------------------------------- raster (PIL)
 
 
+def _target_size(height: int, width: int) -> tuple[int, int] | None:
+    """``(height, width)`` to downscale to so the longer side is :data:`MAX_IMAGE_SIDE` (``None``: small enough)."""
+    longest = max(height, width)
+    if longest <= MAX_IMAGE_SIDE:
+        return None
+    scale = MAX_IMAGE_SIDE / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _log_downscale(path: str | Path, original: tuple[int, int], target: tuple[int, int]) -> None:
+    logger.debug(
+        "Downscaled %s from %dx%d to %dx%d px at read time (longer side above MAX_IMAGE_SIDE=%d)",
+        path,
+        original[1],
+        original[0],
+        target[1],
+        target[0],
+        MAX_IMAGE_SIDE,
+    )
+
+
+def _downscale(image: np.ndarray, path: str | Path) -> np.ndarray:
+    """Area-preserving (box) downscale of an ``HxWxC`` float image whose longer side is above the limit."""
+    target = _target_size(*image.shape[:2])
+    if target is None:
+        return image
+    size = (target[1], target[0])
+    first = np.asarray(Image.fromarray(np.ascontiguousarray(image[..., 0])).resize(size, Image.Resampling.BOX))
+    channels = [first]
+    for channel in range(1, image.shape[-1]):
+        if np.array_equal(image[..., channel], image[..., 0]):  # grayscale repeated: resample once
+            channels.append(first)
+        else:
+            plane = np.ascontiguousarray(image[..., channel])
+            channels.append(np.asarray(Image.fromarray(plane).resize(size, Image.Resampling.BOX)))
+    _log_downscale(path, image.shape[:2], target)
+    return np.ascontiguousarray(np.stack(channels, axis=-1), dtype=np.float32)
+
+
 def _read_raster(path: Path) -> np.ndarray:
-    """PNG/JPEG/BMP/TIFF/GIF/WEBP through PIL, any mode and bit depth."""
+    """PNG/JPEG/BMP/TIFF/GIF/WEBP through PIL, any mode and bit depth (downscaled above the size limit)."""
     try:
         with Image.open(path) as image:
+            original = (image.height, image.width)
+            target = _target_size(*original)
+            if target is not None and image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale (not below target)
+                image.draft(image.mode, (target[1], target[0]))
+            if target is not None and image.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF rotation by 90 degrees
+                original, target = original[::-1], target[::-1]
             image.load()
             image = ImageOps.exif_transpose(image) or image
             mode = image.mode
@@ -325,13 +398,19 @@ def _read_raster(path: Path) -> np.ndarray:
             elif mode in ("1", "CMYK", "YCbCr", "LAB", "HSV", "PA"):
                 image = image.convert("RGBA" if mode == "PA" else "RGB")
                 mode = image.mode
+            sixteen_bit = mode.startswith("I;16")
+            if target is not None:
+                if sixteen_bit and mode != "I;16":
+                    image = image.convert("I")
+                image = image.resize((target[1], target[0]), Image.Resampling.BOX)
+                _log_downscale(path, original, target)
             array = np.asarray(image)
     except UnidentifiedImageError as error:
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"corrupt or truncated image ({error})") from error
 
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+    if sixteen_bit:
         array = array.astype(np.uint16)
     if array.ndim == 3 and array.shape[-1] in (2, 4):  # composite colour over black with alpha
         scaled = _scale_by_dtype(array)
@@ -429,6 +508,27 @@ def _nifti_array(path: Path) -> np.ndarray:
     return data
 
 
+#: What to do with a NIfTI file of more than three dimensions (fMRI, DWI, a time series ...).
+FOUR_D_FIX = (
+    "SIR reads 2-D images and 3-D volumes only: keep one volume / time point per file, e.g. with nibabel: "
+    "img = nib.load(f); nib.save(nib.Nifti1Image(img.dataobj[..., 0], img.affine), 'scan_t0.nii.gz'); "
+    "then use that file (a datamodule cuts a 3-D volume into slices with --data.expand_volumes true)"
+)
+#: What to do with a 3-D NIfTI volume given where a 2-D image is expected.
+THREE_D_FIX = (
+    "a volume is used slice by slice: in a datamodule set expand_volumes (CLI: --data.expand_volumes true, "
+    "slicing axis --data.slice_axis); `anomalib-sir predict` scores volumes slice by slice on its own; "
+    "in Python use read_volume_slices() or a slice reference (slice_reference())"
+)
+
+
+def _nifti_dims_reason(shape: tuple[int, ...]) -> str:
+    """Reason text for a NIfTI array that is neither a 2-D image nor a 3-D volume."""
+    if len(shape) >= 4:
+        return f"{len(shape)}-D NIfTI of shape {shape}: {FOUR_D_FIX}"
+    return f"NIfTI of shape {shape}: expected a 2-D image or a 3-D volume"
+
+
 @functools.lru_cache(maxsize=32)
 def _volume_window(path: str, mtime: float) -> tuple[float, float]:
     """Percentile window of a whole volume (cached per file version)."""
@@ -443,7 +543,7 @@ def _nifti_slices(path: Path, axis: int) -> Iterator[tuple[int, np.ndarray]]:
         data = data[..., None]
         axis = 2
     if data.ndim != 3:
-        raise ImageReadError(path, f"expected a 2-D image or 3-D volume, found shape {tuple(data.shape)}")
+        raise ImageReadError(path, _nifti_dims_reason(tuple(data.shape)))
     if not 0 <= axis < 3:
         raise ImageReadError(path, f"slice axis must be 0, 1 or 2, got {axis}")
     center, width = _volume_window(str(path), path.stat().st_mtime)
@@ -549,10 +649,10 @@ def read_volume_slices(path: str | Path, axis: int = 2) -> Iterator[tuple[str, n
     kind = detect_format(path)
     if kind == "nifti":
         for index, image in _nifti_slices(path, axis):
-            yield slice_reference(path, index, axis), image
+            yield slice_reference(path, index, axis), _downscale(image, path)
     elif kind == "dicom":
         for index, image in enumerate(_dicom_to_images(path)):
-            yield slice_reference(path, index, 0), image
+            yield slice_reference(path, index, 0), _downscale(image, path)
     else:
         yield slice_reference(path, 0, axis), read_image(path)
 
@@ -561,11 +661,24 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read any supported image (or a volume slice reference) as ``HxWx3`` float32 in ``[0, 1]``.
 
     The format is detected from the content. 2-D NIfTI images are windowed at their percentiles; a 3-D
-    NIfTI *file* is refused (pick a slice with a slice reference or :func:`read_volume_slices`); for a
-    multi-frame DICOM the middle frame is returned.
+    NIfTI *file* is refused (pick a slice with a slice reference or :func:`read_volume_slices`, or let a
+    datamodule cut it with ``expand_volumes``), and so is a 4-D NIfTI (keep one volume / time point per
+    file); for a multi-frame DICOM the middle frame is returned.
+
+    Size limits (module constants, adjustable):
+
+    * **Very large images are downscaled at read time**: if the longer side exceeds :data:`MAX_IMAGE_SIDE`
+      (2048 px) the image is resampled with an area-preserving box filter so that side is 2048 px (aspect
+      ratio kept; a large JPEG is first decoded at 1/2, 1/4 or 1/8 scale), and a debug line is logged. The
+      model resizes every image to its small input size anyway, so this only bounds time and memory (a
+      6000x6000 PNG no longer becomes a 432 MB float array). :func:`read_mask` downscales masks to the same
+      size.
+    * **Tiny images are read as they are, with a warning**: if the shorter side is below
+      :data:`MIN_IMAGE_SIDE` (32 px) one warning per file names the file and its size, because the model
+      upsamples it to its input size and its score says little.
 
     Raises:
-        ImageReadError: missing file, unknown format, corrupt data, or a 3-D volume given as a plain path.
+        ImageReadError: missing file, unknown format, corrupt data, or a 3-D/4-D volume given as a plain path.
 
     Example:
         >>> import numpy as np, pydicom, tempfile
@@ -586,6 +699,33 @@ def read_image(path: str | Path) -> np.ndarray:
         [[0.0, 0.5], [1.0, 1.0]]
 
     """
+    image = _downscale(_read_any(path), path)
+    _warn_if_small(path, image.shape[:2])
+    return image
+
+
+def _warn_if_small(path: str | Path, size: tuple[int, int]) -> None:
+    """Warn once per file when an image is far smaller than a model input."""
+    if min(size) >= MIN_IMAGE_SIDE:
+        return
+    parsed = parse_slice_reference(path)
+    key = str(parsed[0] if parsed else path)
+    if key in _WARNED_SMALL:
+        return
+    _WARNED_SMALL.add(key)
+    logger.warning(
+        "%s is only %dx%d px (shorter side below %d px): it is upsampled to the model input size, so its "
+        "anomaly score says little; use images of at least %d px",
+        path,
+        size[1],
+        size[0],
+        MIN_IMAGE_SIDE,
+        MIN_IMAGE_SIDE,
+    )
+
+
+def _read_any(path: str | Path) -> np.ndarray:
+    """:func:`read_image` without the size handling (rasters are still downscaled while decoding)."""
     parsed = parse_slice_reference(path)
     if parsed is not None:
         volume, axis, index = parsed
@@ -596,6 +736,8 @@ def read_image(path: str | Path) -> np.ndarray:
             data = _nifti_array(volume)
             if data.ndim == 2:
                 data = data[..., None]
+            if data.ndim > 3:
+                raise ImageReadError(path, _nifti_dims_reason(tuple(data.shape)))
             if data.ndim != 3 or not 0 <= axis < 3 or not 0 <= index < data.shape[axis]:
                 raise ImageReadError(path, f"no slice {index} along axis {axis} in volume of shape {data.shape}")
             center, width = _volume_window(str(volume), volume.stat().st_mtime)
@@ -607,7 +749,7 @@ def read_image(path: str | Path) -> np.ndarray:
                 raise ImageReadError(path, f"no frame {index} in DICOM with {len(frames)} frames")
             return frames[index]
         if index == 0:
-            return read_image(volume)
+            return _read_any(volume)
         raise ImageReadError(path, "slice reference to a file that is not a volume")
 
     path = Path(path)
@@ -624,11 +766,9 @@ def read_image(path: str | Path) -> np.ndarray:
         if data.ndim == 3 and data.shape[-1] in (3, 4) and data.dtype.kind in "ui" and data.dtype.itemsize == 1:
             return _to_rgb(data.astype(np.float32) / 255.0)  # RGB(A) NIfTI
         if data.ndim != 2:
-            raise ImageReadError(
-                path,
-                f"3-D NIfTI volume of shape {tuple(data.shape)}: read slices with read_volume_slices() "
-                "or a slice reference (slice_reference())",
-            )
+            if data.ndim == 3:
+                raise ImageReadError(path, f"3-D NIfTI volume of shape {tuple(data.shape)}: {THREE_D_FIX}")
+            raise ImageReadError(path, _nifti_dims_reason(tuple(data.shape)))
         plane = np.asarray(data, dtype=np.float32)
         return _to_rgb(apply_window(plane, *percentile_window(plane)))
     return _read_raster(path)
@@ -637,7 +777,9 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask (any supported format) as a boolean ``HxW`` array: any non-zero value is ``True``.
 
-    Raw stored values are thresholded (no windowing), so an all-zero mask stays empty.
+    Raw stored values are thresholded (no windowing), so an all-zero mask stays empty. A mask larger than
+    :data:`MAX_IMAGE_SIDE` is downscaled to the size :func:`read_image` gives its image (box resampling, a
+    pixel is ``True`` when at least half of its area was).
 
     Example:
         >>> import numpy as np, tempfile
@@ -649,6 +791,17 @@ def read_mask(path: str | Path) -> np.ndarray:
         [[False, True]]
 
     """
+    mask = _read_mask_any(path)
+    target = _target_size(*mask.shape[:2])
+    if target is None:
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((target[1], target[0]), Image.Resampling.BOX)
+    _log_downscale(path, mask.shape[:2], target)
+    return np.asarray(resized) >= 128
+
+
+def _read_mask_any(path: str | Path) -> np.ndarray:
+    """:func:`read_mask` without the size limit."""
     parsed = parse_slice_reference(path)
     file = parsed[0] if parsed else Path(path)
     if not file.is_file():
@@ -660,8 +813,10 @@ def read_mask(path: str | Path) -> np.ndarray:
         data = _nifti_array(file)
         if parsed is not None:
             data = np.take(data, parsed[2], axis=parsed[1]) if data.ndim == 3 else data
+        elif data.ndim == 3:
+            raise ImageReadError(path, f"3-D NIfTI mask volume of shape {tuple(data.shape)}: {THREE_D_FIX}")
         elif data.ndim != 2:
-            raise ImageReadError(path, f"mask volume of shape {tuple(data.shape)}: give a slice reference")
+            raise ImageReadError(path, _nifti_dims_reason(tuple(data.shape)))
         return np.asarray(data) > 0
     if kind == "dicom":
         pixels, _ = _dicom_pixels(file)
@@ -673,3 +828,240 @@ def read_mask(path: str | Path) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageReadError(path, f"corrupt or unreadable mask ({error})") from error
     return (array.max(axis=-1) if array.ndim == 3 else array) > 0
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+class ImageFilesError(ImageReadError):
+    """Several files cannot be read; the message lists the first few with their reasons, plus the count.
+
+    ``problems`` holds every ``(file, reason)``; ``path`` and ``reason`` are those of the first file.
+
+    Example:
+        >>> error = ImageFilesError([("/d/a.png", "corrupt"), ("/d/b.dcm", "no pixel data")], "ds")
+        >>> print(error)  # doctest: +NORMALIZE_WHITESPACE
+        ds: 2 file(s) cannot be read as images; remove or replace these files, then run again:
+          /d/a.png: corrupt
+          /d/b.dcm: no pixel data
+
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], name: str = "dataset", max_listed: int = 10) -> None:
+        self.problems = list(problems)
+        self.path, self.reason = self.problems[0] if self.problems else ("", "")
+        lines = [f"  {path}: {reason}" for path, reason in self.problems[:max_listed]]
+        if len(self.problems) > max_listed:
+            lines.append(f"  ... and {len(self.problems) - max_listed} more")
+        header = (
+            f"{name}: {len(self.problems)} file(s) cannot be read as images; "
+            "remove or replace these files, then run again:"
+        )
+        ValueError.__init__(self, "\n".join([header, *lines]))
+
+
+def _tail(path: Path, count: int) -> bytes:
+    with path.open("rb") as file:
+        file.seek(0, 2)
+        file.seek(max(0, file.tell() - count))
+        return file.read()
+
+
+def _decode_problem(path: Path, mask: bool) -> str | None:
+    """Full read, only for files whose cheap check looked suspicious."""
+    try:
+        (_read_mask_any if mask else _read_any)(path)
+    except ImageReadError as error:
+        return error.reason
+    return None
+
+
+def _raster_problem(path: Path, kind: str, mask: bool) -> str | None:
+    try:
+        with Image.open(path) as image:
+            if image.width < 1 or image.height < 1:
+                return "image has no pixels (size 0)"
+            if kind == "png":
+                image.verify()  # chunk structure and CRCs, no decompression
+    except UnidentifiedImageError:
+        return "not a readable image (unknown or corrupt format)"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"corrupt or truncated image ({error})"
+    if kind == "jpeg" and b"\xff\xd9" not in _tail(path, 64):  # no end-of-image marker: truncated?
+        return _decode_problem(path, mask)
+    return None
+
+
+def _dicom_problem(path: Path, mask: bool) -> str | None:
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+
+    try:
+        dataset = pydicom.dcmread(path, force=True, defer_size=1024)
+    except Exception as error:
+        return f"not a readable DICOM file ({error})"
+    element = next(
+        (
+            dataset.get_item(tag, keep_deferred=True)
+            for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+            if tag in dataset
+        ),
+        None,
+    )
+    if element is None:
+        return "DICOM file has no pixel data (a report or header-only file?)"
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    if rows < 1 or columns < 1:
+        return "DICOM file has pixel data but no Rows/Columns"
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    if isinstance(element, RawDataElement):
+        length, offset = element.length, element.value_tell
+    else:
+        length, offset = len(element.value or b""), None
+    if length == 0xFFFFFFFF or (syntax is not None and syntax.is_compressed):  # encapsulated (compressed) pixels
+        from pydicom.pixels import get_decoder
+
+        try:
+            available = get_decoder(syntax).is_available
+        except Exception:
+            available = False
+        if not available:
+            return f"no decoder installed for the DICOM compression {syntax.name if syntax else '?'}"
+        return None
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    bits = int(dataset.get("BitsAllocated", 16) or 16)
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if length < expected:
+        return f"DICOM pixel data too short ({length} bytes for {frames}x{rows}x{columns}, expected {expected})"
+    if offset is not None and offset + length > path.stat().st_size:
+        return "truncated DICOM file (the pixel data ends after the end of the file)"
+    del mask
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _nifti_header(path: str, mtime: float) -> tuple[tuple[int, ...], bool, str | None]:
+    """``(shape, rgb, problem)`` of a NIfTI file from its header (shape with trailing 1s removed)."""
+    del mtime
+    import nibabel as nib
+
+    file = Path(path)
+    try:
+        image = nib.load(path)
+        shape = tuple(int(s) for s in image.shape)
+        dtype = image.get_data_dtype()
+        offset = int(image.dataobj.offset)
+    except Exception as error:
+        return (), False, f"not a readable NIfTI file ({error})"
+    if dtype.names:  # RGB NIfTI stored as a structured dtype: one channel per field
+        shape = (*[s for s in shape if s != 1], len(dtype.names))
+    while len(shape) > 2 and shape[-1] == 1:
+        shape = shape[:-1]
+    rgb = bool(dtype.names) or (len(shape) == 3 and shape[-1] in (3, 4) and dtype.kind in "ui" and dtype.itemsize == 1)
+    if 0 in shape:
+        return shape, rgb, f"NIfTI of shape {shape} has no voxels"
+    expected = offset + int(np.prod(image.shape, dtype=np.int64)) * dtype.itemsize
+    if file.name.lower().endswith(".gz"):
+        # gzip ends with the uncompressed size (ISIZE); a truncated or multi-member file does not match it
+        if expected >= 2**32 or int.from_bytes(_tail(file, 4), "little") != expected:
+            try:
+                np.asanyarray(image.dataobj)
+            except Exception as error:
+                return shape, rgb, f"corrupt or truncated NIfTI file ({error})"
+    elif file.stat().st_size < expected:
+        return shape, rgb, f"truncated NIfTI file ({file.stat().st_size} bytes, its header needs {expected})"
+    return shape, rgb, None
+
+
+def _nifti_problem(path: Path, mask: bool, slice_at: tuple[int, int] | None) -> str | None:
+    shape, rgb, problem = _nifti_header(str(path), path.stat().st_mtime)
+    if problem is not None:
+        return problem
+    if len(shape) > 3:
+        return _nifti_dims_reason(shape)
+    if slice_at is not None:
+        axis, index = slice_at
+        volume = shape if len(shape) == 3 else (*shape, 1)
+        if not 0 <= axis < 3 or not 0 <= index < volume[axis]:
+            return f"no slice {index} along axis {axis} in volume of shape {shape}"
+        return None
+    if len(shape) == 3 and not (rgb and not mask):
+        return f"3-D NIfTI {'mask ' if mask else ''}volume of shape {shape}: {THREE_D_FIX}"
+    return None
+
+
+def check_image_file(path: str | Path, mask: bool = False) -> str | None:
+    r"""Why :func:`read_image` (or :func:`read_mask`, ``mask=True``) would fail on ``path`` (``None``: it would not).
+
+    Cheap: no image is decoded. PNGs are checked chunk by chunk (structure and checksums, no
+    decompression), JPEGs for their header and end-of-image marker, DICOMs for pixel data and its length
+    against the file size (or an installed decoder for compressed pixels), NIfTI for its dimensions
+    (2-D images, or 3-D volumes through slice references; a 4-D file is refused) and its data length.
+    Only a file whose cheap check looks suspicious (e.g. a JPEG without end marker) is decoded in full.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> file = Path(tempfile.mkdtemp()) / "scan.png"
+        >>> _ = file.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+        >>> check_image_file(file)
+        'not a readable image (unknown or corrupt format)'
+        >>> check_image_file(file.with_name("missing.png"))
+        'file not found'
+
+    """
+    parsed = parse_slice_reference(path)
+    file = parsed[0] if parsed else Path(path)
+    if not file.is_file():
+        return "volume file not found" if parsed else "file not found"
+    kind = detect_format(file)
+    if kind is None:
+        return _NOT_AN_IMAGE if looks_like_image_name(file) else "not a recognised image format"
+    if kind == "nifti":
+        return _nifti_problem(file, mask, parsed[1:] if parsed else None)
+    if kind == "dicom":
+        problem = _dicom_problem(file, mask)
+        if problem is None and parsed is not None:
+            depth = volume_depth(file)
+            if not 0 <= parsed[2] < depth:
+                return f"no frame {parsed[2]} in DICOM with {depth} frames"
+        return problem
+    if parsed is not None and parsed[2] != 0:
+        return "slice reference to a file that is not a volume"
+    return _raster_problem(file, kind, mask)
+
+
+def check_image_files(images: Sequence[str | Path], masks: Sequence[str | Path] = (), name: str = "dataset") -> None:
+    """Check every image and mask file (:func:`check_image_file`); raise ONE error listing all bad files.
+
+    Each distinct path is checked once; empty mask paths are skipped.
+
+    Raises:
+        ImageFilesError: at least one file cannot be read (the message lists the first few and the count).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for stem in ("a", "b"):
+        ...     _ = (folder / f"{stem}.png").write_text("not an image")
+        >>> check_image_files([folder / "a.png", folder / "b.png"], name="demo")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        anomalib_sir.data.io.ImageFilesError: demo: 2 file(s) cannot be read as images; remove or replace ...
+
+    """
+    problems: list[tuple[str, str]] = []
+    seen: set[tuple[str, bool]] = set()
+    for paths, is_mask in ((images, False), (masks, True)):
+        for path in paths:
+            key = (str(path), is_mask)
+            if not key[0] or key in seen:
+                continue
+            seen.add(key)
+            problem = check_image_file(key[0], mask=is_mask)
+            if problem is not None:
+                problems.append((key[0], f"{'mask: ' if is_mask else ''}{problem}"))
+    if problems:
+        raise ImageFilesError(problems, name)

@@ -14,7 +14,9 @@ Three layouts, each returning one row per image with the columns anomalib expect
 
 ``split`` is ``"train"``, ``"val"`` or ``"test"`` where the layout fixes it, and ``""`` for normal images of
 layouts without a split (labels file, class folders); :mod:`anomalib_sir.data.splits` assigns those.
-Images are found by content (:func:`~anomalib_sir.data.io.list_images`).
+Images are found by content (:func:`~anomalib_sir.data.io.list_images`). Files *named* like images whose
+content is not an image are kept in the frame, so that the datamodules' check of every file
+(:func:`~anomalib_sir.data.io.check_image_files`, run at setup) reports them together with any other bad file.
 
 Example:
     >>> import numpy as np, tempfile
@@ -136,13 +138,15 @@ def _class_images(
 ) -> tuple[list[str], list[str]]:
     """Images of one class folder and their masks (``img/`` + ``label/`` sub-folders, or a mask folder)."""
     image_dir = next((folder / name for name in IMAGE_DIR_NAMES if (folder / name).is_dir()), folder)
-    images = list_images(image_dir, exclude_dirs=MASK_DIR_NAMES, expand_volumes=expand_volumes, axis=axis)
+    images = list_images(
+        image_dir, exclude_dirs=MASK_DIR_NAMES, expand_volumes=expand_volumes, axis=axis, keep_unreadable=True
+    )
     mask_files: list[str] = []
     for name in MASK_DIR_NAMES:
         if (folder / name).is_dir():
-            mask_files += list_images(folder / name, expand_volumes=expand_volumes, axis=axis)
+            mask_files += list_images(folder / name, expand_volumes=expand_volumes, axis=axis, keep_unreadable=True)
     if extra_masks is not None and extra_masks.is_dir():
-        mask_files += list_images(extra_masks, expand_volumes=expand_volumes, axis=axis)
+        mask_files += list_images(extra_masks, expand_volumes=expand_volumes, axis=axis, keep_unreadable=True)
     return images, match_masks(images, mask_files) if mask_files else [""] * len(images)
 
 
@@ -211,7 +215,7 @@ def labels_file_samples(
     ids = table[columns[id_column.strip().lower()]].astype(str).str.strip()
     labels = table[columns[label_column.strip().lower()]].astype(str).str.strip()
 
-    files = list_images(folder, expand_volumes=expand_volumes, axis=slice_axis)
+    files = list_images(folder, expand_volumes=expand_volumes, axis=slice_axis, keep_unreadable=True)
     by_key: dict[str, list[str]] = {}
     for file in files:
         parsed = parse_slice_reference(file)
@@ -329,7 +333,9 @@ def class_folder_samples(
     rows += _abnormal_rows(folders, abnormal_names is not None, "test", expand_volumes, slice_axis, mask_root)
     frame = _concat(rows)
     if mask_root is not None and mask_root.is_dir():  # flat mask folder
-        flat = list_images(mask_root, recursive=False, expand_volumes=expand_volumes, axis=slice_axis)
+        flat = list_images(
+            mask_root, recursive=False, expand_volumes=expand_volumes, axis=slice_axis, keep_unreadable=True
+        )
         abnormal = (frame["label_index"] == LabelName.ABNORMAL) & (frame["mask_path"] == "")
         if flat and abnormal.any():
             frame.loc[abnormal, "mask_path"] = match_masks(frame.loc[abnormal, "image_path"].tolist(), flat)

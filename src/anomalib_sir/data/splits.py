@@ -205,17 +205,43 @@ def split_record(frame: DataFrame, name: str) -> DataFrame:
     return record.sort_values(["split", "image_path"], ignore_index=True)
 
 
+def _record_path(directory: Path, name: str, text: str) -> tuple[Path, bool]:
+    """``(path, write)`` for a split record: the first free name, or an existing file with the same content.
+
+    A file with different content is never overwritten (``<name>-2.csv``, ``<name>-3.csv``, ... instead).
+    """
+    folder = directory / "splits"
+    index = 1
+    while True:
+        path = folder / (f"{name}.csv" if index == 1 else f"{name}-{index}.csv")
+        if not path.exists():
+            return path, True
+        try:
+            if path.read_text() == text:
+                return path, False
+        except (OSError, UnicodeDecodeError):
+            pass
+        index += 1
+
+
 def log_split(frame: DataFrame, name: str, directory: str | Path | None = None, max_listed: int = 20) -> Path | None:
     """Log the split sizes and chosen training files; write ``splits/<name>.csv`` under ``directory``.
 
+    An existing record is never overwritten: if ``splits/<name>.csv`` holds the same split it is kept as
+    is (e.g. ``anomalib test`` in the training run's folder, on the same data config); if it holds a
+    different one, the record goes to ``splits/<name>-2.csv`` (``-3`` ...), and the path is logged.
+
     Returns:
-        The written file, or ``None`` when no ``directory`` is given.
+        The record file (written now, or an identical existing one), or ``None`` when no ``directory`` is given.
 
     Example:
         >>> import pandas as pd, tempfile
         >>> frame = pd.DataFrame({"image_path": ["a", "b"], "label_index": [0, 1], "split": ["train", "test"]})
-        >>> log_split(frame, "x", tempfile.mkdtemp()).name
-        'x.csv'
+        >>> folder = tempfile.mkdtemp()
+        >>> log_split(frame, "x", folder).name, log_split(frame, "x", folder).name
+        ('x.csv', 'x.csv')
+        >>> log_split(frame.assign(split=["test", "train"]), "x", folder).name
+        'x-2.csv'
 
     """
     counts = frame.groupby("split").size().to_dict()
@@ -226,8 +252,19 @@ def log_split(frame: DataFrame, name: str, directory: str | Path | None = None, 
         logger.info("%s: too few training normals for a hold-out, validation reuses the training images", name)
     if directory is None:
         return None
-    path = Path(directory) / "splits" / f"{name}.csv"
+    text = split_record(frame, name).to_csv(index=False)
+    path, write = _record_path(Path(directory), name, text)
+    if not write:
+        logger.info("%s split unchanged, already recorded in %s", name, path)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    split_record(frame, name).to_csv(path, index=False)
+    with path.open("x", newline="") as file:  # exclusive: never overwrite
+        file.write(text)
+    if path.name != f"{name}.csv":
+        logger.warning(
+            "%s: %s holds a different split (other data or split settings); not overwritten",
+            name,
+            path.with_name(f"{name}.csv"),
+        )
     logger.info("%s split written to %s", name, path)
     return path

@@ -61,7 +61,7 @@ from anomalib.data import AnomalibDataModule
 from torchvision.transforms.v2 import Transform
 
 from .datamodules import MedicalDataModule
-from .dataset import SirDataset
+from .dataset import SirDataset, check_samples
 from .splits import ShotError, log_split
 
 logger = logging.getLogger(__name__)
@@ -175,6 +175,7 @@ class UniversalDataModule(AnomalibDataModule):
             [d.samples.assign(split=split) for d, split in ((train, "train"), (val, "val"), (test, "test"))],
             ignore_index=True,
         )
+        check_samples(record, name)  # anomalib members too: every file is checked before training
         log_split(record, name, self._record_dir())
         return train, val, test
 

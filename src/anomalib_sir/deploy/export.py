@@ -26,8 +26,7 @@ from anomalib.deploy import ExportType
 from anomalib.engine import Engine
 from anomalib.models import AnomalibModule
 
-#: ONNX opset of the exports (torch's dynamo exporter has no lower implementations).
-ONNX_OPSET = 18
+from .versioned_export import ONNX_DEFAULTS, ONNX_OPSET, export_versioned
 
 #: Output names of every exported anomalib model with a post-processor, in graph order.
 EXPORT_OUTPUTS: tuple[str, ...] = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
@@ -48,52 +47,56 @@ def export_model(
     (``openvino.convert_model`` then ``openvino.save_model(..., compress_to_fp16=False)``), which halves
     the export time (``torch.export`` tracing dominates it).
 
+    Exports are never overwritten: each goes to ``export_root/weights/<type>`` or, when that folder already
+    holds files, to the first free ``weights/<type>-2``, ``-3``, ... (logged, and in the returned paths).
+    A failed export leaves no half-written folder (see :mod:`anomalib_sir.deploy.versioned_export`).
+
     Args:
         model: a trained anomalib model (its post-processor holds the thresholds).
-        export_root: folder; files land in ``export_root/weights/<type>/model.<ext>`` (anomalib layout).
+        export_root: folder; files land in ``export_root/weights/<type>[-N]/model.<ext>`` (anomalib layout).
         export_types: any of ``"openvino"``, ``"onnx"``, ``"torch"``.
         engine: the engine to export with (a fresh one rooted at ``export_root`` by default).
         input_size: a fixed ``(H, W)`` input; ``None`` (default) keeps height and width dynamic.
         onnx_kwargs: passed to ``torch.onnx.export`` (also for OpenVINO, which is converted from ONNX),
             e.g. ``{"dynamic_shapes": ...}`` for models whose default export fixes the batch size.
             ``opset_version`` defaults to 18: torch's exporter writes opset 18 anyway and its attempt to
-            down-convert to anomalib's default (14) fails noisily.
-
-    Raises:
-        FileExistsError: if an exported model already exists there (exports are never overwritten).
+            down-convert to anomalib's default (14) fails noisily; ``verbose`` defaults to ``False`` (no
+            ``[torch.onnx]`` progress lines).
 
     """
     export_root = Path(export_root)
     types = [ExportType(t) for t in export_types]
-    for export_type in types:
-        existing = sorted((export_root / "weights" / export_type.value).glob("model.*"))
-        if existing:
-            msg = f"{existing[0]} already exists; export to another folder (exports are never overwritten)."
-            raise FileExistsError(msg)
     engine = engine or Engine(default_root_dir=export_root, logger=False)
     trace_once = ExportType.ONNX in types and ExportType.OPENVINO in types
     paths: dict[str, Path] = {}
     for export_type in types:
         if trace_once and export_type == ExportType.OPENVINO:
             continue  # converted from the ONNX export below
-        path = engine.export(
-            model=model,
-            export_type=export_type,
-            export_root=export_root,
-            input_size=input_size,
-            onnx_kwargs={"opset_version": ONNX_OPSET, **(onnx_kwargs or {})},
-        )
-        if path is None:  # pragma: no cover - anomalib returns None only for unknown types
-            msg = f"anomalib did not export {export_type.value}"
-            raise RuntimeError(msg)
-        paths[export_type.value] = Path(path)
+
+        def run(stage: Path, export_type: ExportType = export_type) -> Path:
+            path = engine.export(
+                model=model,
+                export_type=export_type,
+                export_root=stage,
+                input_size=input_size,
+                onnx_kwargs={**ONNX_DEFAULTS, **(onnx_kwargs or {})},
+            )
+            if path is None:  # pragma: no cover - anomalib returns None only for unknown types
+                msg = f"anomalib did not export {export_type.value}"
+                raise RuntimeError(msg)
+            return Path(path)
+
+        paths[export_type.value] = export_versioned(export_root, export_type, run)
     if trace_once:
         paths[ExportType.OPENVINO.value] = onnx_to_openvino(paths[ExportType.ONNX.value], export_root)
     return {t.value: paths[t.value] for t in types}
 
 
 def onnx_to_openvino(onnx_path: str | Path, export_root: str | Path, model_file_name: str = "model") -> Path:
-    """Convert an exported ONNX model to OpenVINO IR in anomalib's layout (``weights/openvino``); return the xml.
+    """Convert an exported ONNX model to OpenVINO IR in anomalib's layout (``weights/openvino[-N]``); return the xml.
+
+    Like every export here it never overwrites: a ``weights/openvino`` folder with files in it gets an
+    ``openvino-2`` sibling instead.
 
     Example:
         >>> onnx_to_openvino("export/weights/onnx/model.onnx", "export")  # doctest: +SKIP
@@ -102,10 +105,13 @@ def onnx_to_openvino(onnx_path: str | Path, export_root: str | Path, model_file_
     """
     import openvino as ov
 
-    target = Path(export_root) / "weights" / ExportType.OPENVINO.value / f"{model_file_name}.xml"
-    if target.exists():
-        msg = f"{target} already exists; export to another folder (exports are never overwritten)."
-        raise FileExistsError(msg)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(ov.convert_model(Path(onnx_path)), target, compress_to_fp16=False)
-    return target
+    def run(stage: Path) -> Path:
+        target = stage / "weights" / ExportType.OPENVINO.value / f"{model_file_name}.xml"
+        target.parent.mkdir(parents=True)
+        ov.save_model(ov.convert_model(Path(onnx_path)), target, compress_to_fp16=False)
+        return target
+
+    return export_versioned(export_root, ExportType.OPENVINO, run)
+
+
+__all__ = ["EXPORT_OUTPUTS", "ONNX_OPSET", "export_model", "onnx_to_openvino"]

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,22 @@ from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms import v2
 
+from anomalib_sir.deploy.summary import PredictionSummary
+from anomalib_sir.deploy.versioned_export import VersionedExportMixin
 from anomalib_sir.pre_processing import DEFAULT_IMAGE_SIZE, TeacherPreProcessor
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, ScoreMode
 from .loss import SirLoss
 from .torch_model import DEFAULT_LAYERS, SirModel
 
+logger = logging.getLogger(__name__)
 
-class Sir(MemoryBankMixin, AnomalibModule):
+
+class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
     """Semantic Iterative Reconstruction for one-shot (universal) medical anomaly detection.
 
     Args:
@@ -242,11 +248,21 @@ class Sir(MemoryBankMixin, AnomalibModule):
             self._fit_reconstruction_scale()
 
     def on_train_end(self) -> None:
-        """Scale the terms by the final decoder (what test, predict and export use)."""
+        """Scale the terms by the final decoder (what test, predict and export use); say where the checkpoint is."""
         if self.model.knn_weight > 0:
             if not self._is_fitted:
                 self.fit()
             self._fit_reconstruction_scale()
+        callback = self.trainer.checkpoint_callback
+        path = callback and (callback.best_model_path or callback.last_model_path)
+        if path:
+            logger.info("Checkpoint: %s", path)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Anomalib's components plus a one-line summary of ``anomalib predict`` runs."""
+        callbacks = super().configure_callbacks()
+        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        return [*callbacks, PredictionSummary()]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint holds the reconstruction scale of its own decoder (also those saved before on_train_end)."""

@@ -201,13 +201,13 @@ class SirModel(DynamicBufferMixin, nn.Module):
             sampler = QuietKCenterGreedy(bank, sampling_ratio=self.memory_bank_size / len(bank))
             logger.info("kNN memory bank: k-center greedy core-set %d -> %d vectors", len(bank), sampler.coreset_size)
             bank = sampler.sample_coreset()
-        self.memory_bank = bank.contiguous()
+        self.memory_bank = _plain(bank.contiguous())
         # Typical nearest-neighbour distance: one random half of the bank to the other half.
         order = torch.randperm(len(bank), generator=torch.Generator().manual_seed(0))
         half = max(1, len(bank) // 2)
         first, second = bank[order[:half]], bank[order[half:]]
         scale = PatchcoreModel.euclidean_dist(first, second).amin(dim=1).mean() if len(second) else torch.ones(())
-        self.map_scales = torch.stack([self.map_scales[0], scale.clamp_min(1e-6).float()])
+        self.map_scales = _plain(torch.stack([self.map_scales[0], scale.clamp_min(1e-6).float()]))
 
     @torch.no_grad()
     def fit_reconstruction_scale(self, teacher_features: Sequence[Features], image_size: Size) -> None:
@@ -229,7 +229,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
             self.anomaly_map_generator(features, self.reconstruct(features)[-1], image_size).mean().reshape(1)
             for features in teacher_features
         ]
-        self.map_scales = torch.stack([torch.cat(means).mean().clamp_min(1e-6).float(), self.map_scales[1]])
+        self.map_scales = _plain(torch.stack([torch.cat(means).mean().clamp_min(1e-6).float(), self.map_scales[1]]))
         self.train(was_training)
 
 
@@ -323,3 +323,16 @@ class ReconstructionHead(nn.Module):
         """Reconstruct a ``size``-sized feature map."""
         x = _resize(self.project(x), size)
         return x + self.refine(x)
+
+
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """Copy ``tensor`` as a normal tensor: buffers fitted in a validation hook (inference mode) stay exportable.
+
+    Example:
+        >>> with torch.inference_mode():
+        ...     _plain(torch.ones(2)).is_inference()
+        False
+
+    """
+    with torch.inference_mode(False):
+        return tensor.clone()
