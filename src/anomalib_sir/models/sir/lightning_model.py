@@ -253,7 +253,7 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             if not self._is_fitted:
                 self.fit()
             self._fit_reconstruction_scale()
-        callback = self.trainer.checkpoint_callback
+        callback = self._trainer.checkpoint_callback if self._trainer is not None else None
         path = callback and (callback.best_model_path or callback.last_model_path)
         if path:
             logger.info("Checkpoint: %s", path)
