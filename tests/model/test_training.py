@@ -213,3 +213,11 @@ def test_an_untrained_knn_model_refuses_to_test(demo_datamodule, tmp_path: Path)
     model = _small_sir(knn_weight=1.0, pre_trained=False, post_processor=True)
     with pytest.raises(RuntimeError, match="memory bank is empty"):
         _engine(tmp_path).test(model=model, datamodule=demo_datamodule())
+
+
+def test_a_checkpoint_of_other_model_arguments_is_refused_in_one_line() -> None:
+    model = Sir(image_size=(64, 64), width=16, loops=1, pre_trained=False)
+    trained = {**dict(model.hparams), "image_size": [256, 256], "width": 32}
+    with pytest.raises(ValueError, match=r'other Sir arguments.*--model.image_size "\[256, 256\]" --model.width "32"'):
+        model.on_load_checkpoint({"hyper_parameters": trained})
+    model.on_load_checkpoint({"hyper_parameters": {**dict(model.hparams), "image_size": [64, 64]}})  # lists match

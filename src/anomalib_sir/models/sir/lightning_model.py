@@ -264,6 +264,29 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
         return [*callbacks, PredictionSummary()]
 
+    #: Constructor arguments that must match the checkpoint's (a mismatch would score with another model).
+    CHECKPOINT_KEYS = ("backbone", "layers", "image_size", "loops", "width", "score_mode", "topk_ratio", "knn_weight")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained with other model arguments (anomalib's CLI rebuilds from ``--model.*``).
+
+        Raises:
+            ValueError: one line naming each differing argument and the ``--model.*`` flags to pass.
+
+        """
+        saved = checkpoint.get("hyper_parameters") or {}
+        differ = {
+            key: saved[key]
+            for key in self.CHECKPOINT_KEYS
+            if key in saved and _plain_value(saved[key]) != _plain_value(self.hparams.get(key))
+        }
+        if differ:
+            flags = " ".join(f'--model.{key} "{_plain_value(value)}"' for key, value in differ.items())
+            built = ", ".join(f"{key}={_plain_value(self.hparams.get(key))}" for key in differ)
+            msg = f"the checkpoint was trained with other Sir arguments than this model ({built}): pass {flags}"
+            raise ValueError(msg)
+        super().on_load_checkpoint(checkpoint)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint holds the reconstruction scale of its own decoder (also those saved before on_train_end)."""
         if self.model.knn_weight > 0 and self._is_fitted:
@@ -280,3 +303,8 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
     def learning_type(self) -> LearningType:
         """SIR learns from normal images only."""
         return LearningType.ONE_CLASS
+
+
+def _plain_value(value: Any) -> Any:
+    """Tuples and lists compare equal (a checkpoint may hold either)."""
+    return list(value) if isinstance(value, tuple | list) else value
