@@ -1,4 +1,4 @@
-"""Apply the project's adoption rule to benchmark rows: is a lever adopted, on validation only?
+r"""Apply the project's adoption rule to benchmark rows: is a lever adopted (on validation only).
 
 A candidate is compared with the baseline model over the same one-shot cells (setting x seed x dataset).
 It is **adopted** when, in *each* one-shot setting (specialised and universal):
@@ -10,7 +10,7 @@ Test AUROC is reported beside it and never decides anything.
 
 Usage (from the repository root)::
 
-    python benchmarks/adoption_rule.py results/benchmark/levers-*/results.csv \\
+    python benchmarks/adoption_rule.py results/benchmark/levers-*/results.csv \
         docs/results/medical-20261202-004621/results.csv --baseline SIR --output docs/results/levers
 
 Writes ``summary.md`` (verdicts, then per-dataset deltas) and ``results.csv`` (the compared rows) to a new
@@ -24,8 +24,9 @@ Example:
     ...     "val_image_AUROC": [0.6, 0.6, 0.7, 0.7, 0.5, 0.5, 0.49, 0.49],
     ...     "image_AUROC": [0.6, 0.6, 0.65, 0.65, 0.5, 0.5, 0.5, 0.5]})
     >>> verdict = decide(rows, baseline="B", candidate="C", min_draws=2, max_loss=0.02)
-    >>> verdict.loc[0, ["setting", "draws_improved", "worst_dataset", "adopted"]].tolist()
-    ['universal', 2, 'y', True]
+    >>> first = verdict.to_dict("records")[0]
+    >>> first["setting"], first["draws_improved"], first["worst_dataset"], first["adopted"]
+    ('universal', 2, 'y', True)
 
 """
 
@@ -40,7 +41,7 @@ KEYS = ["setting", "seed", "dataset"]
 
 
 def one_shot_rows(paths: list[Path]) -> pd.DataFrame:
-    """The one-shot rows of every ``results.csv`` (later files do not override earlier ones)."""
+    """Read the one-shot rows of every ``results.csv`` (later files do not override earlier ones)."""
     frames = [pd.read_csv(path) for path in paths]
     rows = pd.concat(frames, ignore_index=True)
     rows = rows[rows["shot"] == "1-shot"]
@@ -52,7 +53,7 @@ def decide(rows: pd.DataFrame, baseline: str, candidate: str, min_draws: int, ma
     base = rows[rows["model"] == baseline].set_index(KEYS)
     cand = rows[rows["model"] == candidate].set_index(KEYS)
     common = base.index.intersection(cand.index)
-    delta = (cand.loc[common, ["val_image_AUROC", "image_AUROC"]] - base.loc[common, ["val_image_AUROC", "image_AUROC"]])
+    delta = cand.loc[common, ["val_image_AUROC", "image_AUROC"]] - base.loc[common, ["val_image_AUROC", "image_AUROC"]]
     delta = delta.reset_index()
     verdicts = []
     for setting, part in delta.groupby("setting"):
@@ -60,11 +61,20 @@ def decide(rows: pd.DataFrame, baseline: str, candidate: str, min_draws: int, ma
         per_dataset = part.groupby("dataset")["val_image_AUROC"].mean()
         improved, worst = int((per_draw > 0).sum()), per_dataset.idxmin()
         passes = improved >= min_draws and per_dataset.min() >= -max_loss
-        verdicts.append({
-            "candidate": candidate, "setting": setting, "cells": len(part), "draws": len(per_draw),
-            "draws_improved": improved, "d_val_mean": per_draw.mean(), "d_test_mean": part["image_AUROC"].mean(),
-            "worst_dataset": worst, "d_val_worst": per_dataset.min(), "adopted": bool(passes),
-        })
+        verdicts.append(
+            {
+                "candidate": candidate,
+                "setting": setting,
+                "cells": len(part),
+                "draws": len(per_draw),
+                "draws_improved": improved,
+                "d_val_mean": per_draw.mean(),
+                "d_test_mean": part["image_AUROC"].mean(),
+                "worst_dataset": worst,
+                "d_val_worst": per_dataset.min(),
+                "adopted": bool(passes),
+            }
+        )
     return pd.DataFrame(verdicts)
 
 

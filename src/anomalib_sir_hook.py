@@ -19,6 +19,13 @@ Two pieces of start-up noise are handled at the same points, narrowly:
   each line appears once (in the plain ``time - logger - level - message`` format, one line per record),
   and the ONNX graph-pass loggers (:data:`CHATTY_LOGGERS`) stay at WARNING.
 
+* A bad plugin argument (``anomalib train --model Sir --model.image_size "[0,0]"``) is raised by jsonargparse
+  as a union error inside a long Rich traceback; ``AnomalibCLI.instantiate_classes`` is wrapped so that
+  such an error from an ``anomalib_sir`` class is printed as one line (the plugin's own message) with exit
+  status 2 (:func:`plugin_argument_error`). Every other error is raised unchanged. ``anomalib export``
+  rebuilds the model from the checkpoint's own arguments; ``--model.*`` flags that differ from them are
+  refused in one line (``Sir.refuse_other_arguments``) instead of being ignored silently.
+
 Set ``ANOMALIB_SIR_DISABLE_HOOK=1`` to switch the hook off.
 
 Example:
@@ -45,6 +52,7 @@ if TYPE_CHECKING:
 
 TARGET_MODULE = "anomalib.models"
 LOGGERS_MODULE = "anomalib.loggers"
+CLI_MODULE = "anomalib.cli.cli"
 PLUGIN_MODULE = "anomalib_sir.models"
 
 #: Loggers that log every graph pass at INFO while exporting to ONNX (hundreds of lines per export);
@@ -144,10 +152,89 @@ def _patch_loggers(module: ModuleType) -> None:
         module.configure_logger = _single_console_output(configure)  # type: ignore[attr-defined]
 
 
+def plugin_argument_error(error: BaseException) -> str | None:
+    r"""Return the one-line message of a bad ``anomalib_sir`` class argument in a jsonargparse union error.
+
+    Example:
+        >>> text = "Does not validate against any of the Union subtypes\nErrors:\n  - Expected a <class 'NoneType'>"
+        >>> text += "\n  - image_size must be positive\nGiven value: Namespace(class_path='anomalib_sir.Sir', x=1)"
+        >>> plugin_argument_error(ValueError(text))
+        'Sir: image_size must be positive'
+        >>> plugin_argument_error(ValueError("something else")) is None
+        True
+
+    """
+    import re
+
+    for exc in (error, error.__cause__, error.__context__):
+        text = str(exc) if exc is not None else ""
+        owner = re.search(r"class_path='anomalib_sir\.(?:\w+\.)*(\w+)'", text)
+        if owner is None or "Errors:" not in text:
+            continue
+        reasons = [
+            line.strip()[2:] for line in text.split("Errors:", 1)[1].splitlines() if line.strip().startswith("- ")
+        ]
+        reasons = [r for r in reasons if not r.startswith("Expected a <class")]
+        if reasons:
+            return f"{owner.group(1)}: {reasons[0]}"
+    return None
+
+
+def _one_line_plugin_errors(instantiate: Callable[..., object]) -> Callable[..., object]:
+    import functools
+
+    if getattr(instantiate, "_anomalib_sir_wrapped", False):
+        return instantiate
+
+    @functools.wraps(instantiate)
+    def instantiate_classes(self, *args, **kwargs) -> object:
+        try:
+            result = instantiate(self, *args, **kwargs)
+        except Exception as error:
+            message = plugin_argument_error(error)
+            if message is None:
+                raise
+            sys.stderr.write(f"anomalib: error: {message}\n")
+            raise SystemExit(2) from None
+        _refuse_export_with_other_arguments(self)
+        return result
+
+    instantiate_classes._anomalib_sir_wrapped = True  # type: ignore[attr-defined]
+    return instantiate_classes
+
+
+def _refuse_export_with_other_arguments(cli: object) -> None:
+    """``anomalib export`` rebuilds the model from the checkpoint: refuse ``--model.*`` flags that differ."""
+    refuse = getattr(getattr(cli, "model", None), "refuse_other_arguments", None)
+    if refuse is None or getattr(cli, "subcommand", None) != "export":
+        return
+    try:
+        ckpt_path = cli.config["export"]["ckpt_path"]  # type: ignore[attr-defined]
+    except (KeyError, TypeError):
+        return
+    if not ckpt_path or not os.path.isfile(ckpt_path):
+        return
+    import torch
+
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
+    try:
+        refuse(saved)
+    except ValueError as error:
+        sys.stderr.write(f"anomalib: error: {error}\n")
+        raise SystemExit(2) from None
+
+
+def _patch_cli(module: ModuleType) -> None:
+    cli = getattr(module, "AnomalibCLI", None)
+    if cli is not None and callable(getattr(cli, "instantiate_classes", None)):
+        cli.instantiate_classes = _one_line_plugin_errors(cli.instantiate_classes)
+
+
 #: What to run after each intercepted module has loaded.
 _AFTER: dict[str, Callable[[ModuleType], None]] = {
     TARGET_MODULE: lambda module: _import_plugin(),
     LOGGERS_MODULE: _patch_loggers,
+    CLI_MODULE: _patch_cli,
 }
 
 
@@ -189,5 +276,8 @@ def install() -> None:
     if TARGET_MODULE in sys.modules:
         finder.pending.discard(TARGET_MODULE)
         _import_plugin()
+    if CLI_MODULE in sys.modules:
+        finder.pending.discard(CLI_MODULE)
+        _patch_cli(sys.modules[CLI_MODULE])
     if finder.pending:
         sys.meta_path.insert(0, finder)

@@ -71,6 +71,19 @@ def test_cli_train_with_short_name_then_export(tmp_path: Path) -> None:
             tmp_path,
         )  # fmt: skip
         assert list((tmp_path / export_type).rglob(f"model{suffix}"))
+    # anomalib export rebuilds the model from the checkpoint: a different --model.width is refused, not ignored
+    other = [*common[:4], "--model.width", "64", *common[6:]]
+    refused = subprocess.run(
+        [ANOMALIB, "export", *other, "--ckpt_path", str(checkpoints[0]), "--export_type", "onnx",
+         "--export_root", str(tmp_path / "other")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "anomalib: error: the checkpoint was trained with other Sir arguments than this model (width=64): "
+        'pass --model.width "16"'
+    )
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.slow
@@ -78,3 +91,15 @@ def test_cli_accepts_the_full_class_path(tmp_path: Path) -> None:
     result = _run([ANOMALIB, "train", "--model", "anomalib_sir.Sir", "--print_config"], tmp_path)
     assert "anomalib_sir" in result.stdout
     assert "loops: 3" in result.stdout
+
+
+def test_a_bad_sir_argument_is_one_line_not_a_union_traceback(tmp_path: Path) -> None:
+    # jsonargparse wraps the constructor's ValueError in a ~180-line union error; the hook prints the message.
+    args = [ANOMALIB, "train", "--model", "Sir", "--model.image_size", "[0,0]", "--data", "anomalib_sir.data.SirDemo"]
+    result = subprocess.run(
+        [*args, "--data.root", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["anomalib: error: Sir: image_size must be (height, width) with positive sides, got (0, 0)"]
+    assert "Traceback" not in result.stderr + result.stdout

@@ -326,7 +326,22 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             ValueError: one line naming each differing argument and the ``--model.*`` flags to pass.
 
         """
-        saved = checkpoint.get("hyper_parameters") or {}
+        self.refuse_other_arguments(checkpoint.get("hyper_parameters") or {})
+        super().on_load_checkpoint(checkpoint)
+
+    def refuse_other_arguments(self, saved: dict[str, Any]) -> None:
+        """Raise a one-line ``ValueError`` if the checkpoint's ``saved`` hyper-parameters differ from this model's.
+
+        Also called by the plugin's hook for ``anomalib export``, which loads the checkpoint's own arguments and
+        would otherwise ignore different ``--model.*`` flags silently.
+
+        Example:
+            >>> Sir(image_size=(64, 64), width=16, pre_trained=False).refuse_other_arguments({"width": 32})
+            Traceback (most recent call last):
+            ...
+            ValueError: the checkpoint was trained with other Sir arguments ... (width=16): pass --model.width "32"
+
+        """
         differ = {
             key: saved[key]
             for key in self.CHECKPOINT_KEYS
@@ -337,7 +352,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             built = ", ".join(f"{key}={_plain_value(self.hparams.get(key))}" for key in differ)
             msg = f"the checkpoint was trained with other Sir arguments than this model ({built}): pass {flags}"
             raise ValueError(msg)
-        super().on_load_checkpoint(checkpoint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint holds the reconstruction scale of its own decoder (also those saved before on_train_end)."""

@@ -142,7 +142,9 @@ class SirModel(DynamicBufferMixin, nn.Module):
         if self.training:
             return SirTrainOutput(teacher_features, reconstructions)
         image_size = images.shape[-2:]
-        anomaly_map = self.normalize_error(self.anomaly_map_generator(teacher_features, reconstructions[-1], image_size))
+        anomaly_map = self.normalize_error(
+            self.anomaly_map_generator(teacher_features, reconstructions[-1], image_size)
+        )
         if self.knn_weight > 0:
             knn_map = self.anomaly_map_generator.blur(_resize(self.knn_distance_maps(teacher_features), image_size))
             anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
@@ -247,10 +249,12 @@ class SirModel(DynamicBufferMixin, nn.Module):
         """
         was_training = self.training
         self.eval()
-        maps = torch.cat([
-            self.anomaly_map_generator(features, self.reconstruct(features)[-1], image_size)
-            for features in teacher_features
-        ])
+        maps = torch.cat(
+            [
+                self.anomaly_map_generator(features, self.reconstruct(features)[-1], image_size)
+                for features in teacher_features
+            ]
+        )
         scale = maps.mean().clamp_min(1e-6).float()
         if self.error_normalization:
             self.error_mean = _plain(maps.mean(dim=0, keepdim=True))
