@@ -80,29 +80,10 @@ class SirAnomalyMapGenerator(nn.Module):
         """Average same-sized per-scale maps and smooth the result."""
         return self.blur(torch.stack(list(maps), dim=0).mean(dim=0))
 
-    def score(self, anomaly_map: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Image-level scores ``(B,)`` from ``(B, 1, H, W)`` maps, optionally only inside a 0/1 ``mask``.
-
-        With a mask, ``"topk"`` averages the top ``topk_ratio`` of the *masked* pixels of each image.
-
-        Example:
-            >>> generator = SirAnomalyMapGenerator(sigma=0, topk_ratio=0.5)
-            >>> amap = torch.tensor([[[[4.0, 3.0], [2.0, 1.0]]]])
-            >>> mask = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
-            >>> generator.score(amap).tolist(), generator.score(amap, mask).tolist()
-            ([3.5], [2.5])
-
-        """
+    def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Image-level scores ``(B,)`` from ``(B, 1, H, W)`` maps."""
         flat = anomaly_map.flatten(1)
-        if mask is None:
-            if self.score_mode == "max":
-                return flat.amax(dim=1)
-            k = max(1, round(self.topk_ratio * flat.shape[1]))
-            return flat.topk(k, dim=1).values.mean(dim=1)
-        keep = mask.flatten(1) > 0
-        ranked = torch.where(keep, flat, flat.amin(dim=1, keepdim=True) - 1).sort(dim=1, descending=True).values
         if self.score_mode == "max":
-            return ranked[:, 0]
-        count = keep.sum(dim=1).clamp_min(1)
-        k = (self.topk_ratio * count).round().clamp_min(1).long()
-        return ranked.cumsum(dim=1).gather(1, (k - 1).unsqueeze(1)).squeeze(1) / k
+            return flat.amax(dim=1)
+        k = max(1, round(self.topk_ratio * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)

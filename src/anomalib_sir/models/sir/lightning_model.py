@@ -101,7 +101,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
-        foreground: bool = False,
         error_normalization: bool = False,
         repair_probability: float = 0.0,
         pre_processor: PreProcessor | bool = True,
@@ -126,7 +125,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             topk_ratio=topk_ratio,
             knn_weight=knn_weight,
             memory_bank_size=memory_bank_size,
-            foreground=foreground,
             error_normalization=error_normalization,
         )
         self.repair_probability = float(repair_probability)

@@ -35,7 +35,6 @@ from anomalib_sir.models.coreset import QuietKCenterGreedy
 from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, Features, ScoreMode, SirAnomalyMapGenerator, Size
-from .foreground import foreground_mask
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +91,6 @@ class SirModel(DynamicBufferMixin, nn.Module):
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
-        foreground: bool = False,
         error_normalization: bool = False,
     ) -> None:
         super().__init__()
@@ -106,7 +104,6 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.noise_std = float(noise_std)
         self.knn_weight = float(knn_weight)
         self.memory_bank_size = int(memory_bank_size)
-        self.foreground = bool(foreground)
         self.error_normalization = bool(error_normalization)
         self.fusion_scale = len(self.layers) // 2  # the fused map lives on the middle scale's grid
 
@@ -148,12 +145,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         if self.knn_weight > 0:
             knn_map = self.anomaly_map_generator.blur(_resize(self.knn_distance_maps(teacher_features), image_size))
             anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
-        mask = foreground_mask(images) if self.foreground else None
-        score = self.anomaly_map_generator.score(anomaly_map, mask)
-        if mask is not None:
-            floor = anomaly_map.flatten(1).amin(dim=1).view(-1, 1, 1, 1)
-            anomaly_map = torch.where(mask > 0, anomaly_map, floor)
-        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+        return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
 
     def normalize_error(self, anomaly_map: torch.Tensor) -> torch.Tensor:
         """z-map ``(map - mean) / (spread + mean spread)`` from the reference views (if fitted)."""
