@@ -78,8 +78,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
     #: ``SCALE_BATCH_SIZE``, give the reconstruction term's scale (re-fitted whenever the decoder changed).
     SCALE_IMAGES = 64
     SCALE_BATCH_SIZE = 32
-    #: With ``error_normalization``: augmented views of those images that give the per-pixel error statistics.
-    REFERENCE_VIEWS = 32
     #: Repair training (``repair_probability``): side of a corrupted box (fraction of the image side) and the
     #: blend weight of the foreign patch; an intensity-shift box gets gain ``1 ± REPAIR_GAIN``.
     REPAIR_SIZE = (0.1, 0.4)
@@ -101,7 +99,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
-        error_normalization: bool = False,
         repair_probability: float = 0.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
@@ -125,7 +122,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             topk_ratio=topk_ratio,
             knn_weight=knn_weight,
             memory_bank_size=memory_bank_size,
-            error_normalization=error_normalization,
         )
         self.repair_probability = float(repair_probability)
         self.loss = SirLoss()
@@ -206,7 +202,7 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct teacher features of (augmented) normal images; minimise the cosine loss."""
         del args, kwargs
-        if self._needs_fit and not self._is_fitted:
+        if self.model.knn_weight > 0 and not self._is_fitted:
             self._bank_images.append(batch.image.detach())  # the first epoch: every training image once
         views = self._augment(batch.image)
         if self.repair_probability > 0:
@@ -243,11 +239,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
                 box.sub_(mean).mul_(gain).add_(mean + float(torch.empty(()).uniform_(-0.5, 0.5)))
         return out
 
-    @property
-    def _needs_fit(self) -> bool:
-        """Whether anything is fitted from the training images (memory bank, error statistics)."""
-        return self.model.knn_weight > 0 or self.model.error_normalization
-
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""
         del args, kwargs
@@ -265,14 +256,9 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         if not self._bank_images:
             msg = "Sir.fit(): no training images collected; train the model (knn_weight > 0 needs its memory bank)."
             raise RuntimeError(msg)
-        if self.model.knn_weight > 0:
-            self.model.fit_memory_bank(self._bank_images)
+        self.model.fit_memory_bank(self._bank_images)
         # Every batch holds at least one image, so the first SCALE_IMAGES batches suffice (no full copy).
         images = torch.cat(self._bank_images[: self.SCALE_IMAGES])[: self.SCALE_IMAGES]
-        if self.model.error_normalization:
-            with torch.random.fork_rng(devices=[]):  # the training's random stream stays as it was
-                torch.manual_seed(0)
-                images = self._augment(images.repeat_interleave(-(-self.REFERENCE_VIEWS // len(images)), dim=0))
         self._scale_features = [self.model.extract_features(chunk) for chunk in images.split(self.SCALE_BATCH_SIZE)]
         self._scale_size = images.shape[-2:]
         self._bank_images = []
@@ -288,18 +274,18 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
 
     def on_train_epoch_end(self) -> None:
         """Fit the memory bank after the first epoch (anomalib's memory-bank hook)."""
-        if self._needs_fit:
+        if self.model.knn_weight > 0:
             super().on_train_epoch_end()
 
     def on_validation_start(self) -> None:
         """Fit the bank if validation comes first; scale the reconstruction term by the current decoder."""
-        if self._needs_fit:
+        if self.model.knn_weight > 0:
             super().on_validation_start()
             self._fit_reconstruction_scale()
 
     def on_train_end(self) -> None:
         """Scale the terms by the final decoder (what test, predict and export use); say where the checkpoint is."""
-        if self._needs_fit:
+        if self.model.knn_weight > 0:
             if not self._is_fitted:
                 self.fit()
             self._fit_reconstruction_scale()
@@ -353,10 +339,9 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Every checkpoint holds the reconstruction scale of its own decoder (also those saved before on_train_end)."""
-        if self._needs_fit and self._is_fitted:
+        if self.model.knn_weight > 0 and self._is_fitted:
             self._fit_reconstruction_scale()
-            for name in ("map_scales", "error_mean", "error_std"):
-                checkpoint["state_dict"][f"model.{name}"] = getattr(self.model, name).clone()
+            checkpoint["state_dict"]["model.map_scales"] = self.model.map_scales.clone()
         super().on_save_checkpoint(checkpoint)
 
     @property

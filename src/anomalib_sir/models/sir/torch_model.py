@@ -91,7 +91,6 @@ class SirModel(DynamicBufferMixin, nn.Module):
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
-        error_normalization: bool = False,
     ) -> None:
         super().__init__()
         checks = {"layers": bool(layers), "loops": loops >= 1, "width": width >= 1, "noise_std": noise_std >= 0}
@@ -104,7 +103,6 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.noise_std = float(noise_std)
         self.knn_weight = float(knn_weight)
         self.memory_bank_size = int(memory_bank_size)
-        self.error_normalization = bool(error_normalization)
         self.fusion_scale = len(self.layers) // 2  # the fused map lives on the middle scale's grid
 
         self.teacher = create_teacher(backbone, self.layers, pre_trained=pre_trained, weights=backbone_weights)
@@ -118,9 +116,6 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.register_buffer("memory_bank", torch.empty(0, 0))
         # Mean reconstruction / nearest-neighbour map values on the training normals (used with knn_weight > 0).
         self.register_buffer("map_scales", torch.ones(2))
-        # Per-pixel mean / spread of the reconstruction map over augmented views of the training normals.
-        self.register_buffer("error_mean", torch.empty(0))
-        self.register_buffer("error_std", torch.empty(0))
 
     def train(self, mode: bool = True) -> SirModel:
         """Switch train/eval mode; the teacher always stays in eval mode."""
@@ -139,20 +134,11 @@ class SirModel(DynamicBufferMixin, nn.Module):
         if self.training:
             return SirTrainOutput(teacher_features, reconstructions)
         image_size = images.shape[-2:]
-        anomaly_map = self.normalize_error(
-            self.anomaly_map_generator(teacher_features, reconstructions[-1], image_size)
-        )
+        anomaly_map = self.anomaly_map_generator(teacher_features, reconstructions[-1], image_size)
         if self.knn_weight > 0:
             knn_map = self.anomaly_map_generator.blur(_resize(self.knn_distance_maps(teacher_features), image_size))
             anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
         return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
-
-    def normalize_error(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """z-map ``(map - mean) / (spread + mean spread)`` from the reference views (if fitted)."""
-        if not self.error_normalization or self.error_mean.numel() == 0:
-            return anomaly_map
-        mean, std = _resize(self.error_mean, anomaly_map.shape[-2:]), _resize(self.error_std, anomaly_map.shape[-2:])
-        return (anomaly_map - mean) / (std + std.mean() + 1e-6)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Teacher features (no gradients) of ``images``, standardised first (``STANDARDIZE_INPUT``)."""
@@ -227,10 +213,8 @@ class SirModel(DynamicBufferMixin, nn.Module):
     def fit_reconstruction_scale(self, teacher_features: Sequence[Features], image_size: Size) -> None:
         """Set ``map_scales[0]`` to the mean reconstruction map of normals, from their teacher features.
 
-        With ``error_normalization`` the same maps give the per-pixel ``error_mean`` / ``error_std`` (and the
-        z-map needs no scale). It depends on the decoder: fit it again after training (:class:`Sir` does, and
-        before validation and checkpoints). ``teacher_features``: :meth:`extract_features` of batches of
-        ``image_size`` normals (augmented views of them for ``error_normalization``).
+        It depends on the decoder: fit it again after training (:class:`Sir` does, and before validation and
+        checkpoints). ``teacher_features``: :meth:`extract_features` of batches of ``image_size`` normals.
 
         Example:
             >>> model = SirModel(pre_trained=False, width=8, loops=1)
@@ -241,18 +225,11 @@ class SirModel(DynamicBufferMixin, nn.Module):
         """
         was_training = self.training
         self.eval()
-        maps = torch.cat(
-            [
-                self.anomaly_map_generator(features, self.reconstruct(features)[-1], image_size)
-                for features in teacher_features
-            ]
-        )
-        scale = maps.mean().clamp_min(1e-6).float()
-        if self.error_normalization:
-            self.error_mean = _plain(maps.mean(dim=0, keepdim=True))
-            self.error_std = _plain(maps.std(dim=0, keepdim=True) if len(maps) > 1 else torch.zeros_like(maps[:1]))
-            scale = torch.ones(())
-        self.map_scales = _plain(torch.stack([scale, self.map_scales[1]]))
+        means = [
+            self.anomaly_map_generator(features, self.reconstruct(features)[-1], image_size).mean().reshape(1)
+            for features in teacher_features
+        ]
+        self.map_scales = _plain(torch.stack([torch.cat(means).mean().clamp_min(1e-6).float(), self.map_scales[1]]))
         self.train(was_training)
 
 
