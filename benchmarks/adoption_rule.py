@@ -10,8 +10,8 @@ Test AUROC is reported beside it and never decides anything.
 
 Usage (from the repository root)::
 
-    python benchmarks/adoption_rule.py results/benchmark/levers-*/results.csv \
-        docs/results/medical-20261202-004621/results.csv --baseline SIR --output docs/results/levers
+    python benchmarks/adoption_rule.py docs/results/levers-20261202-040527/results.csv \
+        docs/results/medical-20261202-004621/results.csv --baseline SIR --output docs/results/levers-adoption
 
 Writes ``summary.md`` (verdicts, then per-dataset deltas) and ``results.csv`` (the compared rows) to a new
 ``--output`` folder (``-2``, ``-3`` ... if it exists) and prints the summary.

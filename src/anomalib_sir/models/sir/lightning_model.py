@@ -78,11 +78,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
     #: ``SCALE_BATCH_SIZE``, give the reconstruction term's scale (re-fitted whenever the decoder changed).
     SCALE_IMAGES = 64
     SCALE_BATCH_SIZE = 32
-    #: Repair training (``repair_probability``): side of a corrupted box (fraction of the image side) and the
-    #: blend weight of the foreign patch; an intensity-shift box gets gain ``1 ± REPAIR_GAIN``.
-    REPAIR_SIZE = (0.1, 0.4)
-    REPAIR_ALPHA = (0.3, 1.0)
-    REPAIR_GAIN = 0.5
 
     def __init__(
         self,
@@ -99,7 +94,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
         memory_bank_size: int = 4096,
-        repair_probability: float = 0.0,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -123,7 +117,6 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             knn_weight=knn_weight,
             memory_bank_size=memory_bank_size,
         )
-        self.repair_probability = float(repair_probability)
         self.loss = SirLoss()
         self.augmentation = self.configure_augmentation() if augment else None
         self._bank_images: list[torch.Tensor] = []  # un-augmented training batches until fit()
@@ -204,40 +197,11 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         del args, kwargs
         if self.model.knn_weight > 0 and not self._is_fitted:
             self._bank_images.append(batch.image.detach())  # the first epoch: every training image once
-        views = self._augment(batch.image)
-        if self.repair_probability > 0:
-            output = self.model(self._corrupt(views))
-            loss = self.loss(self.model.extract_features(views), output.reconstructions)
-        else:
-            output = self.model(views)
-            loss = self.loss(output.teacher_features, output.reconstructions)
+        output = self.model(self._augment(batch.image))
+        loss = self.loss(output.teacher_features, output.reconstructions)
         size = len(batch.image)
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=bool(self.loggers), batch_size=size)
         return {"loss": loss}
-
-    def _corrupt(self, views: torch.Tensor) -> torch.Tensor:
-        """Per view with ``repair_probability``: one box replaced by a blend of another view, or contrast-shifted."""
-        out = views.clone()
-        donors = self._augment(views.roll(1, dims=0)) if len(views) > 1 else self._augment(views)
-        height, width = views.shape[-2:]
-        for i in range(len(views)):
-            if torch.rand(()) >= self.repair_probability:
-                continue
-            side = torch.empty(2).uniform_(*self.REPAIR_SIZE)
-            h, w = max(2, int(side[0] * height)), max(2, int(side[1] * width))
-            top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
-            box = out[i, :, top : top + h, left : left + w]
-            if torch.rand(()) < 0.5:
-                alpha = float(torch.empty(()).uniform_(*self.REPAIR_ALPHA))
-                donor_top = int(torch.randint(0, height - h + 1, ()))
-                donor_left = int(torch.randint(0, width - w + 1, ()))
-                patch = donors[i, :, donor_top : donor_top + h, donor_left : donor_left + w]
-                box.mul_(1 - alpha).add_(alpha * patch)
-            else:
-                gain = float(torch.empty(()).uniform_(1 - self.REPAIR_GAIN, 1 + self.REPAIR_GAIN))
-                mean = box.mean()
-                box.sub_(mean).mul_(gain).add_(mean + float(torch.empty(()).uniform_(-0.5, 0.5)))
-        return out
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict anomaly maps and scores for validation images."""
