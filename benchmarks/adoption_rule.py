@@ -93,7 +93,7 @@ def _markdown(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in frame.iterrows():
-        cells = [f"{v:+.3f}" if isinstance(v, float) else str(v) for v in row.tolist()]
+        cells = [f"{v:+.4f}" if isinstance(v, float) else str(v) for v in row.tolist()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
