@@ -104,7 +104,7 @@ def test_anomalib_export_cli_with_the_mixin_never_overwrites(sir_checkpoint: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
         ANOMALIB, "export", "--model", "Sir", "--model.image_size", "[64,64]",
-        "--model.width", "16", "--model.pre_trained", "false", "--ckpt_path", str(sir_checkpoint),
+        "--model.width", "32", "--model.loops", "2", "--model.pre_trained", "false", "--ckpt_path", str(sir_checkpoint),
         "--export_type", "torch", "--export_root", str(tmp_path / "exports"),
     ]  # fmt: skip
     outputs = []
