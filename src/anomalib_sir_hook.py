@@ -212,11 +212,15 @@ def _refuse_export_with_other_arguments(cli: object) -> None:
         ckpt_path = cli.config["export"]["ckpt_path"]  # type: ignore[attr-defined]
     except (KeyError, TypeError):
         return
-    if not ckpt_path or not os.path.isfile(ckpt_path):
+    if not ckpt_path:
         return
-    import torch
+    from anomalib_sir.deploy.checkpoint import inspect_checkpoint
+    from anomalib_sir.deploy.errors import CheckpointError
 
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters") or {}
+    try:
+        saved = inspect_checkpoint(ckpt_path).hyper_parameters
+    except CheckpointError:
+        return  # not a readable checkpoint: anomalib's own loading reports it
     try:
         refuse(saved)
     except ValueError as error:
