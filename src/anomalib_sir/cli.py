@@ -8,6 +8,8 @@ This script adds what anomalib does not have:
 * ``anomalib-sir predict MODEL INPUT...``: score new scans (PNG/JPEG, DICOM files or series, NIfTI
   volumes) with an exported model; write ``predictions.csv`` and heatmap PNGs.
 * ``anomalib-sir parity --ckpt model.ckpt``: export to OpenVINO and ONNX and check both against torch.
+* ``anomalib-sir add-domain --ckpt model.ckpt --name oct --images refs/ --output model_oct.ckpt``: register a
+  new domain from k normal images in a trained model, without retraining (a new checkpoint file).
 
 Problems with what was passed (a missing file, a folder without images, another model's checkpoint) are
 reported in one line naming the file and the fix, with exit status 2; ``--verbose`` (before or after the
@@ -164,6 +166,30 @@ def _export(args: argparse.Namespace) -> int:
         print(f"{export_type}: {path}")
     first = paths.get("openvino", next(iter(paths.values())))
     print(f"score scans with: anomalib-sir predict {first} SCANS...")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ add-domain
+
+
+def _add_domain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ckpt", type=Path, required=True, help="trained Sir checkpoint (.ckpt); never modified")
+    parser.add_argument("--name", required=True, help="name of the new domain (e.g. a scanner or modality)")
+    parser.add_argument(
+        "--images", nargs="+", type=Path, required=True, help="normal images of the domain: files or folders"
+    )
+    parser.add_argument("--output", type=Path, required=True, help="new checkpoint to write (must not exist)")
+
+
+@register(
+    "add-domain",
+    "register a new domain from k normal images, without retraining (new checkpoint)",
+    _add_domain_arguments,
+)
+def _add_domain(args: argparse.Namespace) -> int:
+    from anomalib_sir.deploy import add_domain_to_checkpoint
+
+    print(add_domain_to_checkpoint(args.ckpt, args.name, args.images, args.output).summary())
     return 0
 
 

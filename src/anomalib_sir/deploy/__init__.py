@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     "CheckpointError": "errors",
     "DeployError": "errors",
+    "DomainAdded": "add_domain",
+    "add_domain_to_checkpoint": "add_domain",
     "CheckpointInfo": "checkpoint",
     "inspect_checkpoint": "checkpoint",
     "load_sir_checkpoint": "checkpoint",
@@ -69,6 +71,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "DeployError",
+    "DomainAdded",
     "OnnxRuntime",
     "OpenVINORuntime",
     "ParityReport",
@@ -78,6 +81,7 @@ __all__ = [
     "ScanImage",
     "TorchRuntime",
     "VersionedExportMixin",
+    "add_domain_to_checkpoint",
     "check_model_file",
     "check_parity",
     "draw_heatmap",
@@ -113,6 +117,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .add_domain import DomainAdded, add_domain_to_checkpoint
     from .checkpoint import CheckpointInfo, inspect_checkpoint, load_sir_checkpoint
     from .errors import CheckpointError, DeployError
     from .export import EXPORT_OUTPUTS, export_model, onnx_to_openvino

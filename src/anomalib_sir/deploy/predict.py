@@ -61,6 +61,8 @@ from .runtime import DEFAULT_OPENVINO_PRECISION, OpenVINORuntime
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS: tuple[str, ...] = ("name", "source", "pred_score", "pred_label", "decision", "heatmap", "error")
+#: CSV decision of an image that matches none of the model's domains (the model gives it no score).
+UNKNOWN_DOMAIN = "unknown domain"
 
 #: Exported model files ``predict_scans`` runs (OpenVINO IR, or ONNX read by OpenVINO).
 MODEL_SUFFIXES: tuple[str, ...] = (".xml", ".onnx")
@@ -130,6 +132,8 @@ class PredictionRun:
     """``pred_score`` of every scored image, in CSV order."""
     heatmap_dir: Path | None = None
     """Where the heatmap PNGs are (``None``: not written)."""
+    num_unknown: int = 0
+    """Images that matched none of the model's domains (decision ``unknown domain``, no score)."""
 
     def summary(self) -> str:
         """One line: counts, score range and where the results are.
@@ -145,6 +149,8 @@ class PredictionRun:
         if self.scores:
             low, mid, high = np.min(self.scores), np.median(self.scores), np.max(self.scores)
             text += f" (scores {low:.3f}-{high:.3f}, median {mid:.3f})"
+        if self.num_unknown:
+            text += f", {self.num_unknown} of no known domain"
         if self.skipped:
             text += f", {len(self.skipped)} unreadable files skipped"
         text += f" -> {self.csv_path}"
@@ -591,7 +597,8 @@ def predict_scans(
     Returns:
         What was written; CSV columns are :data:`CSV_COLUMNS` (``pred_label`` 1 = anomalous, at the
         model's threshold; ``pred_score`` is the model's normalised score, threshold 0.5; unreadable files
-        have the decision ``unreadable``, no score, and the reason in ``error``).
+        have the decision ``unreadable``, no score, and the reason in ``error``; images that match none of a
+        domain model's domains have the decision ``unknown domain`` and no score).
 
     Raises:
         DeployError: a problem with the model file or the inputs (before anything is written), or no
@@ -611,7 +618,7 @@ def predict_scans(
     except BaseException:
         _remove_output(output, created)
         raise
-    if run.num_images == 0:
+    if run.num_images == 0 and not run.num_unknown:
         _remove_output(output, created)
         first = f" (e.g. {run.skipped[0]})" if run.skipped else ""
         raise NoImagesError(
@@ -639,7 +646,7 @@ def _score(
     csv_path = output / "predictions.csv"
     skipped: list[Path] = []
     scores: list[float] = []
-    num_anomalous = 0
+    num_anomalous = num_unknown = 0
     with csv_path.open("x", newline="") as handle, _progress(len(planned), progress) as bar, logging_redirect_tqdm():
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -661,6 +668,12 @@ def _score(
             for scan, item in zip(batch, result.items, strict=True):
                 label = bool(np.asarray(item.pred_label).item())
                 score = float(np.asarray(item.pred_score).item())
+                if not np.isfinite(score):  # the model's domains route it nowhere (see Sir.add_domain)
+                    num_unknown += 1
+                    error = "farther from every domain of the model than its references; add one with add-domain"
+                    row = {"name": scan.name, "source": str(scan.source), "decision": UNKNOWN_DOMAIN, "error": error}
+                    writer.writerow(row)
+                    continue
                 heatmap = ""
                 if heatmaps:
                     png = heatmap_dir / f"{len(scores):05d}_{_safe_filename(scan.name)}.png"
@@ -690,4 +703,5 @@ def _score(
         skipped=tuple(skipped),
         scores=tuple(scores),
         heatmap_dir=heatmap_dir if heatmaps else None,
+        num_unknown=num_unknown,
     )

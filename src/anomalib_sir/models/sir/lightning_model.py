@@ -29,6 +29,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms import v2
 
+from anomalib_sir.data.evaluation import dataset_indices
 from anomalib_sir.deploy.summary import PredictionSummary
 from anomalib_sir.deploy.versioned_export import VersionedExportMixin
 from anomalib_sir.pre_processing import DEFAULT_IMAGE_SIZE, TeacherPreProcessor
@@ -177,11 +178,12 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         affine = v2.RandomAffine(degrees=cls.ROTATION_DEGREES, translate=(cls.TRANSLATE_FRACTION,) * 2, scale=zoom)
         return v2.Compose([v2.RandomHorizontalFlip(p=0.5), affine])
 
-    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+    def _augment(self, images: torch.Tensor, augmentation: v2.Transform | None = None) -> torch.Tensor:
         """Geometric views, then a per-image contrast/brightness jitter (modality agnostic)."""
-        if self.augmentation is None:
+        augmentation = augmentation or self.augmentation
+        if augmentation is None:
             return images
-        out = torch.stack([self.augmentation(image) for image in images])
+        out = torch.stack([augmentation(image) for image in images])
         shape = (out.shape[0], 1, 1, 1)
         gain = torch.empty(shape, device=out.device).uniform_(1 - self.GAIN_JITTER, 1 + self.GAIN_JITTER)
         bias = torch.empty(shape, device=out.device).uniform_(-self.BIAS_JITTER, self.BIAS_JITTER)
@@ -204,10 +206,74 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict anomaly maps and scores for validation images."""
+        """Predict anomaly maps and scores (against each image's domain, when domains are registered)."""
         del args, kwargs
-        predictions = self.model(batch.image)
+        predictions = self.model(batch.image, domain=self._known_domains(batch))
         return batch.update(**predictions._asdict())
+
+    # --------------------------------------------------------------------------- domains (no gradient step)
+
+    #: Views (the images themselves, then augmented ones) a domain's statistics are computed from.
+    DOMAIN_VIEWS = 32
+
+    def add_domain(self, name: str, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
+        """Register domain ``name`` from ``k`` normal images, without a gradient step (seconds on a CPU).
+
+        Each image is resized and normalised by the model's pre-processor; ``DOMAIN_VIEWS`` views of them in
+        all (the images, then seeded augmented views) give the domain's prototype, radius, error statistics
+        and calibration (:class:`~anomalib_sir.models.sir.domains.DomainBank`). From then on every image is
+        scored against its domain: the one the datamodule names (a dataset of the same name), else the
+        nearest prototype; an image that matches no domain gets a ``NaN`` score ("unknown domain"). A name
+        that is taken is refused (``ValueError``): :meth:`remove_domain` it first.
+
+        Args:
+            name: the domain's name.
+            images: ``(k, 3, H, W)`` RGB in ``[0, 1]``, or a sequence of ``(3, H, W)`` images of any sizes.
+
+        Example:
+            >>> model = Sir(image_size=(64, 64), width=16, loops=1, pre_trained=False)
+            >>> model.add_domain("oct", torch.rand(2, 3, 80, 80))
+            >>> model.domain_names
+            ['oct']
+            >>> model.remove_domain("oct"); model.domain_names
+            []
+
+        """
+        if not isinstance(name, str) or not name.strip():
+            msg = f"add_domain: the domain name must be a non-empty string, got {name!r}"
+            raise ValueError(msg)
+        images = list(images)
+        if not images:
+            msg = f"add_domain({name!r}): no images given; pass one or more normal images of the domain"
+            raise ValueError(msg)
+        transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
+        prepared = torch.cat([transform(image.unsqueeze(0)) if transform else image.unsqueeze(0) for image in images])
+        prepared = prepared.to(self.device)
+        repeats = -(-self.DOMAIN_VIEWS // len(prepared))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            augmented = [self._augment(prepared, self.configure_augmentation()) for _ in range(repeats - 1)]
+        views = torch.cat([prepared, *augmented])[: max(self.DOMAIN_VIEWS, len(prepared))]
+        self.model.add_domain(name.strip(), views)
+
+    def remove_domain(self, name: str) -> None:
+        """Forget domain ``name``; ``KeyError`` naming the registered domains if there is none."""
+        self.model.domains.remove(name)
+
+    @property
+    def domain_names(self) -> list[str]:
+        """Names of the registered domains, in the order they were added."""
+        return list(self.model.domains.names)
+
+    def _known_domains(self, batch: Batch) -> torch.Tensor | None:
+        """Domain index of every image whose dataset (from the datamodule) is a registered domain, else ``-1``."""
+        if not len(self.model.domains) or self._trainer is None:
+            return None
+        datamodule = getattr(self._trainer, "datamodule", None)
+        names = getattr(datamodule, "dataset_names", None) or [getattr(datamodule, "name", None)]
+        lookup = {i: self.model.domains.names.index(n) for i, n in enumerate(names) if n in self.model.domains.names}
+        indices = dataset_indices(datamodule, batch).tolist()
+        return torch.tensor([lookup.get(i, -1) for i in indices], dtype=torch.long, device=batch.image.device)
 
     # --------------------------------------------------------------------------- memory bank (knn_weight > 0)
 
@@ -275,6 +341,10 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
 
         """
         self.refuse_other_arguments(checkpoint.get("hyper_parameters") or {})
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):  # checkpoints from before domains existed: no domains
+            for key, value in self.model.domains.state_dict(prefix="model.domains.").items():
+                state.setdefault(key, value)
         super().on_load_checkpoint(checkpoint)
 
     def refuse_other_arguments(self, saved: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from anomalib_sir.models.coreset import QuietKCenterGreedy
 from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, Features, ScoreMode, SirAnomalyMapGenerator, Size
+from .domains import DomainBank, domain_descriptor
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.register_buffer("memory_bank", torch.empty(0, 0))
         # Mean reconstruction / nearest-neighbour map values on the training normals (used with knn_weight > 0).
         self.register_buffer("map_scales", torch.ones(2))
+        self.domains = DomainBank()
 
     def train(self, mode: bool = True) -> SirModel:
         """Switch train/eval mode; the teacher always stays in eval mode."""
@@ -127,18 +129,68 @@ class SirModel(DynamicBufferMixin, nn.Module):
         """Parameters of the student side (everything except the frozen teacher)."""
         return [p for name, p in self.named_parameters() if not name.startswith("teacher.") and p.requires_grad]
 
-    def forward(self, images: torch.Tensor) -> SirTrainOutput | InferenceBatch:
-        """Training: teacher features and all loops' reconstructions. Eval: anomaly map and score."""
+    def forward(self, images: torch.Tensor, domain: torch.Tensor | None = None) -> SirTrainOutput | InferenceBatch:
+        """Training: teacher features and all loops' reconstructions. Eval: anomaly map and score.
+
+        With registered domains (:meth:`add_domain`) each image is scored against its domain: the one at
+        ``domain[i]`` where that is ``>= 0``, else the nearest prototype; ``NaN`` score for an image that
+        matches no domain (see :class:`~anomalib_sir.models.sir.domains.DomainBank`).
+        """
         teacher_features = self.extract_features(images)
         reconstructions = self.reconstruct(teacher_features)
         if self.training:
             return SirTrainOutput(teacher_features, reconstructions)
-        image_size = images.shape[-2:]
-        anomaly_map = self.anomaly_map_generator(teacher_features, reconstructions[-1], image_size)
+        anomaly_map = self.raw_anomaly_map(teacher_features, reconstructions[-1], images.shape[-2:])
+        if not len(self.domains):
+            return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
+        index, distance = self.domains.route(domain_descriptor(teacher_features), domain)
+        anomaly_map = self.domains.normalize(anomaly_map, index)
+        score = self.domains.calibrate(self.anomaly_map_generator.score(anomaly_map), index, distance)
+        return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
+
+    def raw_anomaly_map(self, teacher_features: Features, reconstruction: Features, image_size: Size) -> torch.Tensor:
+        """Return the ``(B, 1, H, W)`` map before any domain normalisation (plus the kNN term if ``knn_weight > 0``)."""
+        anomaly_map = self.anomaly_map_generator(teacher_features, reconstruction, image_size)
         if self.knn_weight > 0:
             knn_map = self.anomaly_map_generator.blur(_resize(self.knn_distance_maps(teacher_features), image_size))
             anomaly_map = anomaly_map / self.map_scales[0] + self.knn_weight * knn_map / self.map_scales[1]
-        return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
+        return anomaly_map
+
+    # ------------------------------------------------------------------ domains (no gradient step)
+
+    #: Images per chunk when a domain's views go through the teacher and the decoder.
+    DOMAIN_BATCH_SIZE = 16
+    #: An image is of no registered domain when it is farther than this (cosine distance between domain
+    #: descriptors) from its nearest prototype, even where a domain's own views lie closer together.
+    UNKNOWN_DISTANCE = 0.1
+
+    @torch.no_grad()
+    def add_domain(self, name: str, views: torch.Tensor) -> None:
+        """Register domain ``name`` from ``(V, 3, H, W)`` pre-processed views of its reference normals.
+
+        Example:
+            >>> model = SirModel(pre_trained=False, width=8, loops=1).eval()
+            >>> model.add_domain("ct", torch.rand(4, 3, 64, 64))
+            >>> model.domains.names, bool(model(torch.rand(2, 3, 64, 64)).pred_score.isfinite().all())
+            (['ct'], True)
+
+        """
+        was_training = self.training
+        self.eval()
+        with torch.inference_mode(False):
+            descriptors, maps = [], []
+            for chunk in views.split(self.DOMAIN_BATCH_SIZE):
+                features = self.extract_features(chunk)
+                descriptors.append(domain_descriptor(features))
+                maps.append(self.raw_anomaly_map(features, self.reconstruct(features)[-1], chunk.shape[-2:]))
+            self.domains.add(
+                name,
+                torch.cat(descriptors),
+                torch.cat(maps),
+                score=self.anomaly_map_generator.score,
+                radius_floor=self.UNKNOWN_DISTANCE,
+            )
+        self.train(was_training)
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Teacher features (no gradients) of ``images``, standardised first (``STANDARDIZE_INPUT``)."""

@@ -1,0 +1,321 @@
+r"""Leave-one-dataset-out benchmark of ``Sir.add_domain``: a new domain from k normals, without retraining.
+
+For every reference draw (``--seeds``) and every dataset H of the grid in turn:
+
+1. train the universal SIR (the grid's ``SIR`` model, one-shot) on the *other* datasets;
+2. register every training dataset as a domain from its own training normal, then H from ``k`` of its
+   normals (``--shots``), and score H's validation and test images against H (``add_domain``), next to the
+   same model without domains (``no_domain``: the decoder has never seen H);
+3. compare with (a) ``retrain``: the universal SIR trained with those ``k`` normals of H in the mix and
+   (b) ``patchcore``: the grid's PatchCore fitted on the same ``k`` normals of H;
+4. measure routing: the fraction of all datasets' test images routed to their own domain by the nearest
+   prototype, and the fraction flagged "unknown domain" — of H's images before H is added (should be high)
+   and of the registered domains' own images (should be low).
+
+Writes ``results.csv`` (one row per seed, held-out dataset, k and method), ``routing.csv`` and ``summary.md``
+to a new folder (``--output``; never overwritten). Validation is reported beside test: nothing here is
+chosen on test images.
+
+    python benchmarks/add_domain_lodo.py configs/benchmark.yaml --seeds 0 1 --shots 1 4 \\
+        --output docs/results/add-domain-lodo
+
+Example:
+    >>> summarize(pd.DataFrame([{"seed": 0, "held_out": "a", "k": 1, "method": "retrain",
+    ...                          "val_AUROC": 0.7, "test_AUROC": 0.6, "seconds": 10.0}])).splitlines()[2]
+    '| a | 1 | retrain | 0.700 ± 0.000 | 0.600 ± 0.000 | 10.0 |'
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning
+import pandas as pd
+import torch
+from anomalib.callbacks import ModelCheckpoint
+from anomalib.engine import Engine
+
+from anomalib_sir.benchmark.config import BenchmarkConfig
+from anomalib_sir.benchmark.data import member_datamodule
+from anomalib_sir.benchmark.worker import build_model
+from anomalib_sir.data import UniversalDataModule
+from anomalib_sir.data.evaluation import rank_auroc
+from anomalib_sir.deploy.predict import fresh_directory
+
+METHODS = ("no_domain", "add_domain", "retrain", "patchcore")
+
+
+def raw_images(dataset) -> list[torch.Tensor]:
+    """Read every ``(3, H, W)`` image of a dataset, in ``[0, 1]``."""
+    return [dataset[i].image.as_subclass(torch.Tensor) for i in range(len(dataset))]
+
+
+def labels_of(dataset) -> torch.Tensor:
+    """Image labels of a dataset (1 = anomalous)."""
+    return torch.tensor(dataset.samples.label_index.astype(int).tolist())
+
+
+@torch.no_grad()
+def scores_of(model, images: Sequence[torch.Tensor], domain: int | None = None, batch: int = 32) -> torch.Tensor:
+    """Raw model scores of ``images`` (pre-processed by the model's own transform); ``domain``: explicit route."""
+    transform = model.pre_processor.transform
+    out = []
+    for start in range(0, len(images), batch):
+        x = torch.cat([transform(image.unsqueeze(0)) for image in images[start : start + batch]])
+        route = None if domain is None else torch.full((len(x),), domain, dtype=torch.long)
+        out.append(
+            model.model(x, domain=route).pred_score if hasattr(model, "domain_names") else model.model(x).pred_score
+        )
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def routes_of(model, images: Sequence[torch.Tensor], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest domain of every image and whether it is beyond that domain's radius (unknown)."""
+    from anomalib_sir.models.sir.domains import domain_descriptor
+
+    transform, bank = model.pre_processor.transform, model.model.domains
+    index, unknown = [], []
+    for start in range(0, len(images), batch):
+        x = torch.cat([transform(image.unsqueeze(0)) for image in images[start : start + batch]])
+        nearest, distance = bank.route(domain_descriptor(model.model.extract_features(x)))
+        index.append(nearest)
+        unknown.append(distance > bank.radii[nearest])
+    return torch.cat(index), torch.cat(unknown)
+
+
+def train(config: BenchmarkConfig, model_name: str, members: list, seed: int, work_dir: Path, shot: int | None):
+    """Train the grid's ``model_name`` on a union of member datamodules (or one member); return it and seconds."""
+    spec = config.models[model_name]
+    datamodule = members[0] if len(members) == 1 else UniversalDataModule(members, seed=seed, num_workers=0)
+    datamodule.train_batch_size = int(spec.train_batch_size or config.train_batch_size)
+    model = build_model(spec, config.image_size, config.backbone, shot)
+    engine = Engine(
+        default_root_dir=work_dir,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=work_dir / "ckpt", save_top_k=0, save_last=False)],
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        **dict(spec.trainer),
+    )
+    lightning.seed_everything(seed, verbose=False)
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    return model.eval(), time.perf_counter() - start
+
+
+def auroc_row(seed, held_out, k, method, scores_val, scores_test, val, test, seconds) -> dict:
+    """One results row."""
+    return {
+        "seed": seed,
+        "held_out": held_out,
+        "k": k,
+        "method": method,
+        "val_AUROC": rank_auroc(scores_val, labels_of(val)),
+        "test_AUROC": rank_auroc(scores_test, labels_of(test)),
+        "seconds": seconds,
+    }
+
+
+def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Sequence[int], work: Path, all_in_one: dict):
+    """All methods for one seed and one held-out dataset; return result and routing rows.
+
+    ``all_in_one`` caches, per seed, the k=1 retrained model (every dataset one-shot: the same for every H).
+    """
+    names = list(config.datasets)
+    others = [n for n in names if n != held_out]
+    data = {n: member_datamodule(config, n, 1, seed) for n in names}
+    for dm in data.values():
+        dm.setup()
+    tests = {n: raw_images(data[n].test_data) for n in names}
+    base, base_s = train(config, "SIR", [member_datamodule(config, n, 1, seed) for n in others], seed, work, 1)
+    (work / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(base.state_dict(), work / "models" / f"universal_without_{held_out}_seed{seed}.pt")
+    h_val, h_test = data[held_out].val_data, data[held_out].test_data
+    h_val_images = raw_images(h_val)
+    for name in others:
+        base.add_domain(name, raw_images(data[name].train_data))
+    in_domain = torch.cat([routes_of(base, tests[n])[1] for n in others]).float().mean().item()
+    before = routes_of(base, tests[held_out])[1].float().mean().item()
+    rows, routing = [], []
+    for k in shots:
+        held = member_datamodule(config, held_out, k, seed)
+        held.setup()
+        references = raw_images(held.train_data)
+        if k == shots[0]:
+            rows.append(
+                auroc_row(
+                    seed,
+                    held_out,
+                    k,
+                    "no_domain",
+                    _without_domains(base, h_val_images),
+                    _without_domains(base, tests[held_out]),
+                    h_val,
+                    h_test,
+                    base_s,
+                )
+            )
+        start = time.perf_counter()
+        base.add_domain(held_out, references)
+        add_s = time.perf_counter() - start
+        index = base.domain_names.index(held_out)
+        rows.append(
+            auroc_row(
+                seed,
+                held_out,
+                k,
+                "add_domain",
+                scores_of(base, h_val_images, index),
+                scores_of(base, tests[held_out], index),
+                h_val,
+                h_test,
+                add_s,
+            )
+        )
+        correct, total, unknown = 0, 0, []
+        for name in names:
+            nearest, flagged = routes_of(base, tests[name])
+            correct += int((nearest == base.domain_names.index(name)).sum())
+            total += len(nearest)
+            unknown.append(flagged)
+        routing.append(
+            {
+                "seed": seed,
+                "held_out": held_out,
+                "k": k,
+                "routing_accuracy": correct / total,
+                "unknown_rate_registered": torch.cat(unknown).float().mean().item(),
+                "unknown_rate_before_add_held_out": before,
+                "unknown_rate_before_add_others": in_domain,
+            }
+        )
+        base.remove_domain(held_out)
+        if k == 1 and seed in all_in_one:
+            retrained, retrain_s = all_in_one[seed]
+        else:
+            members = [member_datamodule(config, n, 1, seed) for n in others]
+            members.append(member_datamodule(config, held_out, k, seed))
+            retrained, retrain_s = train(config, "SIR", members, seed, work, 1)
+            if k == 1:
+                all_in_one[seed] = retrained, retrain_s
+        rows.append(
+            auroc_row(
+                seed,
+                held_out,
+                k,
+                "retrain",
+                scores_of(retrained, h_val_images),
+                scores_of(retrained, tests[held_out]),
+                h_val,
+                h_test,
+                retrain_s,
+            )
+        )
+        patchcore, patchcore_s = train(config, "PatchCore", [held], seed, work, k)
+        rows.append(
+            auroc_row(
+                seed,
+                held_out,
+                k,
+                "patchcore",
+                scores_of(patchcore, h_val_images),
+                scores_of(patchcore, tests[held_out]),
+                h_val,
+                h_test,
+                patchcore_s,
+            )
+        )
+        logging.getLogger(__name__).warning("seed %d, %s, k=%d: %s", seed, held_out, k, rows[-4:])
+    return rows, routing
+
+
+def _without_domains(model, images) -> torch.Tensor:
+    """Scores of the model with its domains set aside (the raw reconstruction map)."""
+    saved = model.model.domains.state_dict()
+    names = model.domain_names
+    for name in names:
+        model.remove_domain(name)
+    try:
+        return scores_of(model, images)
+    finally:
+        model.model.domains.load_state_dict(saved)
+
+
+def summarize(results: pd.DataFrame) -> str:
+    """Markdown: per held-out dataset, k and method, mean ± std over seeds (val, test) and mean seconds."""
+    grouped = results.groupby(["held_out", "k", "method"], sort=False)
+    lines = ["| held-out | k | method | val AUROC | test AUROC | seconds |", "|---|---|---|---|---|---|"]
+    for (held_out, k, method), group in grouped:
+        val, test = group.val_AUROC, group.test_AUROC
+        lines.append(
+            f"| {held_out} | {k} | {method} | {val.mean():.3f} ± {val.std(ddof=0):.3f} "
+            f"| {test.mean():.3f} ± {test.std(ddof=0):.3f} | {group.seconds.mean():.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def mean_table(results: pd.DataFrame) -> str:
+    """Markdown: mean over held-out datasets per k and method (val, test), per seed then over seeds."""
+    per_seed = results.groupby(["k", "method", "seed"])[["val_AUROC", "test_AUROC"]].mean().reset_index()
+    lines = ["| k | method | mean val AUROC | mean test AUROC |", "|---|---|---|---|"]
+    for (k, method), group in per_seed.groupby(["k", "method"], sort=False):
+        lines.append(
+            f"| {k} | {method} | {group.val_AUROC.mean():.3f} ± {group.val_AUROC.std(ddof=0):.3f} "
+            f"| {group.test_AUROC.mean():.3f} ± {group.test_AUROC.std(ddof=0):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; write results.csv, routing.csv and summary.md to a new folder."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="benchmark grid YAML (its datasets and its SIR / PatchCore models)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--held-out", nargs="*", default=None, help="only these datasets (default: every one)")
+    parser.add_argument("--output", required=True, help="new folder for results.csv, routing.csv, summary.md")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    config = BenchmarkConfig.from_yaml(args.config)
+    output = fresh_directory(args.output)
+    rows, routing, all_in_one = [], [], {}
+    for seed in args.seeds:
+        for held_out in args.held_out or list(config.datasets):
+            new_rows, new_routing = run_held_out(config, seed, held_out, args.shots, output / "work", all_in_one)
+            rows += new_rows
+            routing += new_routing
+            results = pd.DataFrame(rows)
+            results.to_csv(output / "results.csv", index=False)
+            pd.DataFrame(routing).to_csv(output / "routing.csv", index=False)
+            summary = [
+                f"# add_domain, leave one dataset out ({args.config}, seeds {args.seeds}, k {args.shots})",
+                "",
+                mean_table(results),
+                "",
+                summarize(results),
+                "",
+                "## Routing (nearest prototype, all datasets' test images)",
+                "",
+                pd.DataFrame(routing).groupby("k").mean(numeric_only=True).drop(columns="seed").round(3).to_markdown(),
+            ]
+            (output / "summary.md").write_text("\n".join(summary) + "\n")
+    print((output / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

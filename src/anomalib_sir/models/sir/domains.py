@@ -1,0 +1,193 @@
+"""Domains of a trained SIR model: named sets of reference normals registered without a gradient step.
+
+A universal SIR decoder is trained once. A *domain* (a scanner, a department, a modality) is then added from
+``k`` normal images: :class:`DomainBank` keeps, per domain, what scoring needs from the frozen teacher and
+the trained decoder, all as buffers (saved in checkpoints, part of exported graphs):
+
+* a **prototype**: the mean :func:`domain_descriptor` (per-channel mean and spread of each teacher scale,
+  L2-normalised) of the reference views; images are routed to the nearest prototype (cosine distance), or
+  to an explicit domain index where the caller knows it;
+* a **radius**: an image farther than ``radius`` from its nearest prototype matches no domain: its score is
+  ``NaN`` ("unknown domain") instead of a confident number;
+* the reference views' **error statistics**: per-pixel mean and spread of the reconstruction error, which
+  turn the raw ``1 - cos`` map into a z-map, so places hard to reconstruct in every normal view of *this*
+  domain stop counting as anomalous;
+* a **calibration**: the highest z-score of the reference views, subtracted from the domain's scores, so a
+  score above ``0`` means "above every reference view" in every domain (one threshold for a mixed folder).
+
+Example:
+    >>> import torch
+    >>> bank = DomainBank()
+    >>> views = [torch.randn(4, 8, 4, 4), torch.randn(4, 16, 2, 2)]
+    >>> top = lambda z: z.flatten(1).amax(dim=1)
+    >>> bank.add("ct", domain_descriptor(views), torch.rand(4, 1, 16, 16), score=top, radius_floor=0.1)
+    >>> bank.names, tuple(bank.prototypes.shape), tuple(bank.error_mean.shape)
+    (['ct'], (1, 48), (1, 1, 16, 16))
+    >>> index, distance = bank.route(domain_descriptor(views))
+    >>> index.tolist(), bool((distance < bank.radii[index]).all())
+    ([0, 0, 0, 0], True)
+    >>> bank.remove("ct"); bank.names, bank.prototypes.shape[0]
+    ([], 0)
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components import DynamicBufferMixin
+from torch import nn
+
+#: Floor of a z-map's denominator, as a fraction of the domain's mean per-pixel spread (a one-image domain
+#: has near-zero spread in places; the floor keeps those pixels from exploding).
+SPREAD_FLOOR = 1.0
+#: A domain's radius: this many times the farthest of its own reference views from its prototype, and at
+#: least the floor :class:`~anomalib_sir.models.sir.torch_model.SirModel` passes (``radius_floor``).
+RADIUS_FACTOR = 3.0
+
+
+def domain_descriptor(teacher_features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(B, D)`` style descriptor of images: per-channel mean and std of every scale, L2-normalised.
+
+    Example:
+        >>> features = [torch.randn(2, 8, 4, 4), torch.randn(2, 16, 2, 2)]
+        >>> d = domain_descriptor(features); tuple(d.shape), [round(float(n), 4) for n in d.norm(dim=1)]
+        ((2, 48), [1.0, 1.0])
+
+    """
+    parts = [torch.cat([f.flatten(2).mean(dim=2), f.flatten(2).std(dim=2)], dim=1) for f in teacher_features]
+    return F.normalize(torch.cat(parts, dim=1), dim=1)
+
+
+class DomainBank(DynamicBufferMixin, nn.Module):
+    """Per-domain prototypes, radii, error statistics and calibrations (buffers) and the domains' names.
+
+    The names travel in the module's state dict (``get_extra_state``), so a checkpoint keeps its domains and
+    :class:`DynamicBufferMixin` resizes the buffers to a loaded checkpoint's domain count.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+        self.register_buffer("prototypes", torch.empty(0, 0))
+        self.register_buffer("radii", torch.empty(0))
+        self.register_buffer("error_mean", torch.empty(0, 1, 0, 0))
+        self.register_buffer("error_std", torch.empty(0, 1, 0, 0))
+        self.register_buffer("offsets", torch.empty(0))
+
+    def __len__(self) -> int:
+        """Count the registered domains."""
+        return len(self.names)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Return the domains' names (saved with the buffers)."""
+        return {"names": list(self.names)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore the names saved by :meth:`get_extra_state`."""
+        self.names = [str(name) for name in state.get("names", [])]
+
+    def index(self, name: str) -> int:
+        """Position of domain ``name``; ``KeyError`` naming the registered domains otherwise."""
+        if name not in self.names:
+            known = ", ".join(self.names) or "none"
+            msg = f"no domain named {name!r} (registered: {known})"
+            raise KeyError(msg)
+        return self.names.index(name)
+
+    @torch.no_grad()
+    def add(
+        self,
+        name: str,
+        descriptors: torch.Tensor,
+        error_maps: torch.Tensor,
+        score: Callable[[torch.Tensor], torch.Tensor],
+        radius_floor: float,
+    ) -> None:
+        """Register domain ``name`` from its reference views' descriptors and raw error maps.
+
+        Args:
+            name: the domain's name (non-empty).
+            descriptors: ``(V, D)`` :func:`domain_descriptor` of the views.
+            error_maps: ``(V, 1, H, W)`` raw anomaly maps of the same views (two views at least).
+            score: the model's image score of ``(B, 1, H, W)`` maps (gives the calibration offset).
+            radius_floor: the smallest radius (a one-image domain's views lie very close together).
+
+        """
+        if not name or len(error_maps) < 2 or len(descriptors) != len(error_maps):
+            msg = f"domain {name!r}: need a non-empty name and two or more views with one map each"
+            raise ValueError(msg)
+        if len(self) and descriptors.shape[1] != self.prototypes.shape[1]:
+            msg = f"domain {name!r}: descriptor size {descriptors.shape[1]} != the bank's {self.prototypes.shape[1]}"
+            raise ValueError(msg)
+        if name in self.names:
+            msg = f"a domain named {name!r} exists already: remove it first (remove_domain) or pick another name"
+            raise ValueError(msg)
+        prototype = F.normalize(descriptors.mean(dim=0, keepdim=True), dim=1)
+        radius = (1 - descriptors @ prototype.T).amax() * RADIUS_FACTOR
+        mean, std = error_maps.mean(dim=0, keepdim=True), error_maps.std(dim=0, keepdim=True)
+        if len(self) and mean.shape[-2:] != self.error_mean.shape[-2:]:
+            mean, std = _resize(mean, self.error_mean.shape[-2:]), _resize(std, self.error_mean.shape[-2:])
+        offset = score(z_map(error_maps, _resize(mean, error_maps.shape[-2:]), _resize(std, error_maps.shape[-2:])))
+        offset = offset.amax()
+        self.names = [*self.names, name]
+        self.prototypes = _append(self.prototypes, prototype)
+        self.radii = _append(self.radii, radius.clamp_min(radius_floor).reshape(1))
+        self.error_mean = _append(self.error_mean, mean)
+        self.error_std = _append(self.error_std, std)
+        self.offsets = _append(self.offsets, offset.reshape(1))
+
+    def remove(self, name: str) -> None:
+        """Forget domain ``name`` (``KeyError`` if there is none)."""
+        position = self.index(name)
+        keep = [i for i in range(len(self)) if i != position]
+        self.names = [self.names[i] for i in keep]
+        for buffer in ("prototypes", "radii", "error_mean", "error_std", "offsets"):
+            setattr(self, buffer, getattr(self, buffer)[keep].clone())
+
+    def route(
+        self, descriptors: torch.Tensor, explicit: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest domain of each descriptor and the cosine distance to it (``explicit >= 0`` overrides)."""
+        distances = 1 - descriptors @ self.prototypes.T
+        index = distances.argmin(dim=1)
+        if explicit is not None:
+            index = torch.where(explicit >= 0, explicit, index)
+        return index, distances.gather(1, index.unsqueeze(1)).squeeze(1)
+
+    def normalize(self, anomaly_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Return the domain z-map of each raw ``(B, 1, H, W)`` map (its domain's statistics, resized to the map)."""
+        size = anomaly_map.shape[-2:]
+        return z_map(anomaly_map, _resize(self.error_mean[index], size), _resize(self.error_std[index], size))
+
+    def calibrate(self, scores: torch.Tensor, index: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+        """Scores minus their domain's offset; ``NaN`` where the image is farther than the domain's radius."""
+        calibrated = scores - self.offsets[index]
+        return torch.where(distance > self.radii[index], torch.full_like(calibrated, float("nan")), calibrated)
+
+
+def z_map(anomaly_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(map - mean) / (std + SPREAD_FLOOR * mean(std))``: error in units of the references' own spread.
+
+    Example:
+        >>> z = z_map(torch.full((1, 1, 2, 2), 3.0), torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2))
+        >>> [round(v, 4) for v in z.flatten().tolist()]
+        [1.0, 1.0, 1.0, 1.0]
+
+    """
+    floor = SPREAD_FLOOR * std.flatten(1).mean(dim=1).view(-1, 1, 1, 1)
+    return (anomaly_map - mean) / (std + floor + 1e-6)
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    size = tuple(size)
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _append(buffer: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``buffer`` with ``rows`` appended along dim 0 (an empty buffer takes the rows' shape)."""
+    rows = rows.detach().float().clone()
+    return rows if buffer.shape[0] == 0 else torch.cat([buffer, rows.to(buffer.device)])
