@@ -12,7 +12,8 @@ For every reference draw (``--seeds``) and every dataset H of the grid in turn:
    prototype, and the fraction flagged "unknown domain" — of H's images before H is added (should be high)
    and of the registered domains' own images (should be low).
 
-Writes ``results.csv`` (one row per seed, held-out dataset, k and method), ``routing.csv`` and ``summary.md``
+Writes ``results.csv`` (one row per seed, held-out dataset, k and method), ``routing.csv``,
+``trained_domains.csv`` (every training dataset scored with and without its own domain) and ``summary.md``
 to a new folder (``--output``; never overwritten). Validation is reported beside test: nothing here is
 chosen on test images.
 
@@ -128,7 +129,10 @@ def auroc_row(seed, held_out, k, method, scores_val, scores_test, val, test, sec
 
 
 def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Sequence[int], work: Path, all_in_one: dict):
-    """All methods for one seed and one held-out dataset; return result and routing rows.
+    """All methods for one seed and one held-out dataset; return result, routing and trained-domain rows.
+
+    Trained-domain rows: each training dataset scored with and without its own domain (registered from its
+    one training normal), which says what domain scoring does where the decoder saw the domain.
 
     ``all_in_one`` caches, per seed, the k=1 retrained model (every dataset one-shot: the same for every H).
     """
@@ -138,13 +142,24 @@ def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Seque
     for dm in data.values():
         dm.setup()
     tests = {n: raw_images(data[n].test_data) for n in names}
+    tests_ds = {n: data[n].test_data for n in names}
     base, base_s = train(config, "SIR", [member_datamodule(config, n, 1, seed) for n in others], seed, work, 1)
     (work / "models").mkdir(parents=True, exist_ok=True)
     torch.save(base.state_dict(), work / "models" / f"universal_without_{held_out}_seed{seed}.pt")
     h_val, h_test = data[held_out].val_data, data[held_out].test_data
     h_val_images = raw_images(h_val)
+    trained = []
     for name in others:
+        val_images, test_images = raw_images(data[name].val_data), tests[name]
+        plain = _without_domains(base, val_images), _without_domains(base, test_images)
         base.add_domain(name, raw_images(data[name].train_data))
+        index = base.domain_names.index(name)
+        scored = scores_of(base, val_images, index), scores_of(base, test_images, index)
+        for method, (val_scores, test_scores) in (("no_domain", plain), ("add_domain", scored)):
+            row = auroc_row(
+                seed, held_out, 1, method, val_scores, test_scores, data[name].val_data, tests_ds[name], 0.0
+            )
+            trained.append({**row, "dataset": name})
     in_domain = torch.cat([routes_of(base, tests[n])[1] for n in others]).float().mean().item()
     before = routes_of(base, tests[held_out])[1].float().mean().item()
     rows, routing = [], []
@@ -237,7 +252,7 @@ def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Seque
             )
         )
         logging.getLogger(__name__).warning("seed %d, %s, k=%d: %s", seed, held_out, k, rows[-4:])
-    return rows, routing
+    return rows, routing, trained
 
 
 def _without_domains(model, images) -> torch.Tensor:
@@ -262,6 +277,21 @@ def summarize(results: pd.DataFrame) -> str:
             f"| {held_out} | {k} | {method} | {val.mean():.3f} ± {val.std(ddof=0):.3f} "
             f"| {test.mean():.3f} ± {test.std(ddof=0):.3f} | {group.seconds.mean():.1f} |"
         )
+    return "\n".join(lines)
+
+
+def trained_table(trained: pd.DataFrame) -> str:
+    """Markdown: per training dataset, AUROC without and with its domain (mean over seeds and base models)."""
+    table = trained.pivot_table(index="dataset", columns="method", values=["val_AUROC", "test_AUROC"], aggfunc="mean")
+    lines = [
+        "| dataset | val: no domain | val: own domain | test: no domain | test: own domain |",
+        "|---|---|---|---|---|",
+    ]
+    for dataset, row in table.iterrows():
+        values = [
+            row[(split, method)] for split in ("val_AUROC", "test_AUROC") for method in ("no_domain", "add_domain")
+        ]
+        lines.append(f"| {dataset} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -292,12 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.from_yaml(args.config)
     output = fresh_directory(args.output)
-    rows, routing, all_in_one = [], [], {}
+    rows, routing, trained, all_in_one = [], [], [], {}
     for seed in args.seeds:
         for held_out in args.held_out or list(config.datasets):
-            new_rows, new_routing = run_held_out(config, seed, held_out, args.shots, output / "work", all_in_one)
+            new_rows, new_routing, new_trained = run_held_out(
+                config, seed, held_out, args.shots, output / "work", all_in_one
+            )
             rows += new_rows
             routing += new_routing
+            trained += new_trained
+            pd.DataFrame(trained).to_csv(output / "trained_domains.csv", index=False)
             results = pd.DataFrame(rows)
             results.to_csv(output / "results.csv", index=False)
             pd.DataFrame(routing).to_csv(output / "routing.csv", index=False)
@@ -307,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mean_table(results),
                 "",
                 summarize(results),
+                "",
+                "## Training datasets scored with their own domain (one training normal each)",
+                "",
+                trained_table(pd.DataFrame(trained)),
                 "",
                 "## Routing (nearest prototype, all datasets' test images)",
                 "",

@@ -7,6 +7,10 @@ the trained decoder, all as buffers (saved in checkpoints, part of exported grap
 * a **prototype**: the mean :func:`domain_descriptor` (per-channel mean and spread of each teacher scale,
   L2-normalised) of the reference views; images are routed to the nearest prototype (cosine distance), or
   to an explicit domain index where the caller knows it;
+* a **correction** per teacher scale: the affine map from the decoder's reconstruction to the teacher's
+  features that fits the reference views best (ridge regression, closed form: no gradient step). A decoder
+  trained on other domains reconstructs a new domain's normals with a systematic error; the correction
+  removes it, while anomalies, which the decoder reconstructs toward normal, stay visible;
 * a **radius**: an image farther than ``radius`` from its nearest prototype matches no domain: its score is
   ``NaN`` ("unknown domain") instead of a confident number;
 * the reference views' **error statistics**: per-pixel mean and spread of the reconstruction error, which
@@ -17,12 +21,13 @@ the trained decoder, all as buffers (saved in checkpoints, part of exported grap
 
 Example:
     >>> import torch
-    >>> bank = DomainBank()
+    >>> bank = DomainBank(num_scales=2)
     >>> views = [torch.randn(4, 8, 4, 4), torch.randn(4, 16, 2, 2)]
+    >>> corrections = fit_corrections(views, [v * 0.5 for v in views])
     >>> top = lambda z: z.flatten(1).amax(dim=1)
-    >>> bank.add("ct", domain_descriptor(views), torch.rand(4, 1, 16, 16), score=top, radius_floor=0.1)
-    >>> bank.names, tuple(bank.prototypes.shape), tuple(bank.error_mean.shape)
-    (['ct'], (1, 48), (1, 1, 16, 16))
+    >>> bank.add("ct", domain_descriptor(views), corrections, torch.rand(4, 1, 16, 16), score=top, radius_floor=0.1)
+    >>> bank.names, tuple(bank.prototypes.shape), tuple(bank.error_mean.shape), tuple(bank.correction_1.shape)
+    (['ct'], (1, 48), (1, 1, 16, 16), (1, 17, 16))
     >>> index, distance = bank.route(domain_descriptor(views))
     >>> index.tolist(), bool((distance < bank.radii[index]).all())
     ([0, 0, 0, 0], True)
@@ -44,6 +49,8 @@ from torch import nn
 #: Floor of a z-map's denominator, as a fraction of the domain's mean per-pixel spread (a one-image domain
 #: has near-zero spread in places; the floor keeps those pixels from exploding).
 SPREAD_FLOOR = 1.0
+#: Ridge strength of the corrections, relative to the mean eigenvalue of the reconstructions' Gram matrix.
+RIDGE = 0.01
 #: A domain's radius: this many times the farthest of its own reference views from its prototype, and at
 #: least the floor :class:`~anomalib_sir.models.sir.torch_model.SirModel` passes (``radius_floor``).
 RADIUS_FACTOR = 3.0
@@ -69,9 +76,12 @@ class DomainBank(DynamicBufferMixin, nn.Module):
     :class:`DynamicBufferMixin` resizes the buffers to a loaded checkpoint's domain count.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_scales: int) -> None:
         super().__init__()
+        self.num_scales = int(num_scales)
         self.names: list[str] = []
+        for scale in range(self.num_scales):
+            self.register_buffer(f"correction_{scale}", torch.empty(0, 0, 0))
         self.register_buffer("prototypes", torch.empty(0, 0))
         self.register_buffer("radii", torch.empty(0))
         self.register_buffer("error_mean", torch.empty(0, 1, 0, 0))
@@ -103,6 +113,7 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         self,
         name: str,
         descriptors: torch.Tensor,
+        corrections: Sequence[torch.Tensor],
         error_maps: torch.Tensor,
         score: Callable[[torch.Tensor], torch.Tensor],
         radius_floor: float,
@@ -112,7 +123,8 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         Args:
             name: the domain's name (non-empty).
             descriptors: ``(V, D)`` :func:`domain_descriptor` of the views.
-            error_maps: ``(V, 1, H, W)`` raw anomaly maps of the same views (two views at least).
+            corrections: per scale, the ``(C + 1, C)`` affine map of :func:`fit_corrections`.
+            error_maps: ``(V, 1, H, W)`` anomaly maps of the same views, with the corrections (two views at least).
             score: the model's image score of ``(B, 1, H, W)`` maps (gives the calibration offset).
             radius_floor: the smallest radius (a one-image domain's views lie very close together).
 
@@ -139,13 +151,15 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         self.error_mean = _append(self.error_mean, mean)
         self.error_std = _append(self.error_std, std)
         self.offsets = _append(self.offsets, offset.reshape(1))
+        for scale, correction in enumerate(corrections):
+            setattr(self, f"correction_{scale}", _append(getattr(self, f"correction_{scale}"), correction[None]))
 
     def remove(self, name: str) -> None:
         """Forget domain ``name`` (``KeyError`` if there is none)."""
         position = self.index(name)
         keep = [i for i in range(len(self)) if i != position]
         self.names = [self.names[i] for i in keep]
-        for buffer in ("prototypes", "radii", "error_mean", "error_std", "offsets"):
+        for buffer in ("prototypes", "radii", "error_mean", "error_std", "offsets", *self._corrections()):
             setattr(self, buffer, getattr(self, buffer)[keep].clone())
 
     def route(
@@ -158,6 +172,13 @@ class DomainBank(DynamicBufferMixin, nn.Module):
             index = torch.where(explicit >= 0, explicit, index)
         return index, distances.gather(1, index.unsqueeze(1)).squeeze(1)
 
+    def _corrections(self) -> list[str]:
+        return [f"correction_{scale}" for scale in range(self.num_scales)]
+
+    def correct(self, reconstruction: Sequence[torch.Tensor], index: torch.Tensor) -> list[torch.Tensor]:
+        """Apply each image's domain correction to every scale of its ``(B, C, H, W)`` reconstruction."""
+        return apply_corrections(reconstruction, [getattr(self, name)[index] for name in self._corrections()])
+
     def normalize(self, anomaly_map: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Return the domain z-map of each raw ``(B, 1, H, W)`` map (its domain's statistics, resized to the map)."""
         size = anomaly_map.shape[-2:]
@@ -167,6 +188,51 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         """Scores minus their domain's offset; ``NaN`` where the image is farther than the domain's radius."""
         calibrated = scores - self.offsets[index]
         return torch.where(distance > self.radii[index], torch.full_like(calibrated, float("nan")), calibrated)
+
+
+def fit_corrections(
+    teacher_features: Sequence[torch.Tensor], reconstruction: Sequence[torch.Tensor], ridge: float = RIDGE
+) -> list[torch.Tensor]:
+    """Per scale, the ``(C + 1, C)`` affine map ``[r, 1] @ A ≈ t`` over every position of the views (ridge).
+
+    Example:
+        >>> t = [torch.randn(3, 4, 5, 5)]
+        >>> (a,) = fit_corrections(t, [t[0] * 2 + 1], ridge=0.0)
+        >>> [round(float(v), 3) for v in (a[:4].diagonal().mean(), a[4].mean())]
+        [0.5, -0.5]
+
+    """
+    corrections = []
+    for t, r in zip(teacher_features, reconstruction, strict=True):
+        x = r.transpose(0, 1).flatten(1).T.double()
+        x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+        y = t.transpose(0, 1).flatten(1).T.double()
+        gram = x.T @ x
+        damping = ridge * torch.trace(gram) / len(gram) * torch.eye(len(gram), dtype=gram.dtype)
+        corrections.append(torch.linalg.solve(gram + damping, x.T @ y).float())
+    return corrections
+
+
+def apply_corrections(
+    reconstruction: Sequence[torch.Tensor], corrections: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """``[r, 1] @ A`` at every position of every scale; ``A``: ``(C + 1, C)``, or ``(B, C + 1, C)`` per image.
+
+    Example:
+        >>> r = [torch.randn(2, 3, 4, 4)]
+        >>> identity = torch.cat([torch.eye(3), torch.zeros(1, 3)])
+        >>> torch.allclose(apply_corrections(r, [identity])[0], r[0])
+        True
+
+    """
+    out = []
+    for r, correction in zip(reconstruction, corrections, strict=True):
+        batch, _, height, width = r.shape
+        flat = r.flatten(2).transpose(1, 2)
+        flat = torch.cat([flat, torch.ones_like(flat[..., :1])], dim=2)
+        matrix = correction if correction.ndim == 3 else correction.expand(batch, -1, -1)
+        out.append(torch.bmm(flat, matrix).transpose(1, 2).reshape(batch, -1, height, width))
+    return out
 
 
 def z_map(anomaly_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

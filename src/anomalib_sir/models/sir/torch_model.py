@@ -35,7 +35,7 @@ from anomalib_sir.models.coreset import QuietKCenterGreedy
 from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, Features, ScoreMode, SirAnomalyMapGenerator, Size
-from .domains import DomainBank, domain_descriptor
+from .domains import DomainBank, apply_corrections, domain_descriptor, fit_corrections
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.register_buffer("memory_bank", torch.empty(0, 0))
         # Mean reconstruction / nearest-neighbour map values on the training normals (used with knn_weight > 0).
         self.register_buffer("map_scales", torch.ones(2))
-        self.domains = DomainBank()
+        self.domains = DomainBank(num_scales=len(self.layers))
 
     def train(self, mode: bool = True) -> SirModel:
         """Switch train/eval mode; the teacher always stays in eval mode."""
@@ -140,11 +140,14 @@ class SirModel(DynamicBufferMixin, nn.Module):
         reconstructions = self.reconstruct(teacher_features)
         if self.training:
             return SirTrainOutput(teacher_features, reconstructions)
-        anomaly_map = self.raw_anomaly_map(teacher_features, reconstructions[-1], images.shape[-2:])
         if not len(self.domains):
+            anomaly_map = self.raw_anomaly_map(teacher_features, reconstructions[-1], images.shape[-2:])
             return InferenceBatch(pred_score=self.anomaly_map_generator.score(anomaly_map), anomaly_map=anomaly_map)
         index, distance = self.domains.route(domain_descriptor(teacher_features), domain)
-        anomaly_map = self.domains.normalize(anomaly_map, index)
+        reconstruction = self.domains.correct(reconstructions[-1], index)
+        anomaly_map = self.domains.normalize(
+            self.raw_anomaly_map(teacher_features, reconstruction, images.shape[-2:]), index
+        )
         score = self.domains.calibrate(self.anomaly_map_generator.score(anomaly_map), index, distance)
         return InferenceBatch(pred_score=score, anomaly_map=anomaly_map)
 
@@ -161,8 +164,11 @@ class SirModel(DynamicBufferMixin, nn.Module):
     #: Images per chunk when a domain's views go through the teacher and the decoder.
     DOMAIN_BATCH_SIZE = 16
     #: An image is of no registered domain when it is farther than this (cosine distance between domain
-    #: descriptors) from its nearest prototype, even where a domain's own views lie closer together.
-    UNKNOWN_DISTANCE = 0.1
+    #: descriptors) from its nearest prototype, even where a domain's own views lie closer together. Chosen on
+    #: the validation images of the five development datasets (docs/domains.md): their own domain's
+    #: prototype is nearer than 0.07 for 95 % or more of them (fundus photographs: about 90 %), another
+    #: dataset's prototype farther for about 80 %.
+    UNKNOWN_DISTANCE = 0.07
 
     @torch.no_grad()
     def add_domain(self, name: str, views: torch.Tensor) -> None:
@@ -178,14 +184,18 @@ class SirModel(DynamicBufferMixin, nn.Module):
         was_training = self.training
         self.eval()
         with torch.inference_mode(False):
-            descriptors, maps = [], []
-            for chunk in views.split(self.DOMAIN_BATCH_SIZE):
-                features = self.extract_features(chunk)
-                descriptors.append(domain_descriptor(features))
-                maps.append(self.raw_anomaly_map(features, self.reconstruct(features)[-1], chunk.shape[-2:]))
+            chunks = [self.extract_features(chunk) for chunk in views.split(self.DOMAIN_BATCH_SIZE)]
+            reconstructions = [self.reconstruct(features)[-1] for features in chunks]
+            features = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
+            corrections = fit_corrections(features, [torch.cat(scale) for scale in zip(*reconstructions, strict=True)])
+            maps = [
+                self.raw_anomaly_map(f, apply_corrections(r, corrections), views.shape[-2:])
+                for f, r in zip(chunks, reconstructions, strict=True)
+            ]
             self.domains.add(
                 name,
-                torch.cat(descriptors),
+                domain_descriptor(features),
+                corrections,
                 torch.cat(maps),
                 score=self.anomaly_map_generator.score,
                 radius_floor=self.UNKNOWN_DISTANCE,
