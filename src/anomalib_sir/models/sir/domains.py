@@ -165,12 +165,18 @@ class DomainBank(DynamicBufferMixin, nn.Module):
     def route(
         self, descriptors: torch.Tensor, explicit: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest domain of each descriptor and the cosine distance to it (``explicit >= 0`` overrides)."""
+        """Nearest domain of each descriptor and the cosine distance to it.
+
+        ``explicit >= 0`` overrides the nearest domain; such an image is never "unknown" (distance ``0``): the
+        caller knows its domain.
+        """
         distances = 1 - descriptors @ self.prototypes.T
         index = distances.argmin(dim=1)
+        distance = distances.gather(1, index.unsqueeze(1)).squeeze(1)
         if explicit is not None:
             index = torch.where(explicit >= 0, explicit, index)
-        return index, distances.gather(1, index.unsqueeze(1)).squeeze(1)
+            distance = torch.where(explicit >= 0, torch.zeros_like(distance), distance)
+        return index, distance
 
     def _corrections(self) -> list[str]:
         return [f"correction_{scale}" for scale in range(self.num_scales)]
