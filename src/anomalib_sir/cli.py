@@ -24,7 +24,7 @@ error.
 Example:
     >>> from anomalib_sir.cli import build_parser
     >>> sorted(name for name in SUBCOMMANDS)[:3]
-    ['benchmark', 'export', 'parity']
+    ['add-domain', 'benchmark', 'export']
     >>> build_parser().parse_args(["predict", "model.xml", "scans/"]).output
     'predictions'
 
