@@ -76,6 +76,15 @@ def scores_of(model, images: Sequence[torch.Tensor], domain: int | None = None, 
     return torch.cat(out)
 
 
+def with_new_domain(model, name: str, references, val_images, test_images) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Add domain ``name`` from ``references``; its validation and test scores (routed to it) and the seconds to add."""
+    start = time.perf_counter()
+    model.add_domain(name, references)
+    seconds = time.perf_counter() - start
+    index = model.domain_names.index(name)
+    return scores_of(model, val_images, index), scores_of(model, test_images, index), seconds
+
+
 @torch.no_grad()
 def routes_of(model, images: Sequence[torch.Tensor], batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest domain of every image and whether it is beyond that domain's radius (unknown)."""
@@ -152,9 +161,7 @@ def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Seque
     for name in others:
         val_images, test_images = raw_images(data[name].val_data), tests[name]
         plain = _without_domains(base, val_images), _without_domains(base, test_images)
-        base.add_domain(name, raw_images(data[name].train_data))
-        index = base.domain_names.index(name)
-        scored = scores_of(base, val_images, index), scores_of(base, test_images, index)
+        scored = with_new_domain(base, name, raw_images(data[name].train_data), val_images, test_images)[:2]
         for method, (val_scores, test_scores) in (("no_domain", plain), ("add_domain", scored)):
             row = auroc_row(
                 seed, held_out, 1, method, val_scores, test_scores, data[name].val_data, tests_ds[name], 0.0
@@ -181,23 +188,8 @@ def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Seque
                     base_s,
                 )
             )
-        start = time.perf_counter()
-        base.add_domain(held_out, references)
-        add_s = time.perf_counter() - start
-        index = base.domain_names.index(held_out)
-        rows.append(
-            auroc_row(
-                seed,
-                held_out,
-                k,
-                "add_domain",
-                scores_of(base, h_val_images, index),
-                scores_of(base, tests[held_out], index),
-                h_val,
-                h_test,
-                add_s,
-            )
-        )
+        val_scores, test_scores, add_s = with_new_domain(base, held_out, references, h_val_images, tests[held_out])
+        rows.append(auroc_row(seed, held_out, k, "add_domain", val_scores, test_scores, h_val, h_test, add_s))
         correct, total, unknown = 0, 0, []
         for name in names:
             nearest, flagged = routes_of(base, tests[name])
@@ -283,21 +275,17 @@ def rescore(config: BenchmarkConfig, run: Path, shots: Sequence[int]) -> tuple[p
         for name in [n for n in config.datasets if n != held_out]:
             data = member_datamodule(config, name, 1, int(seed))
             data.setup()
-            base.add_domain(name, raw_images(data.train_data))
-            index = base.domain_names.index(name)
-            val_scores = scores_of(base, raw_images(data.val_data), index)
-            test_scores = scores_of(base, raw_images(data.test_data), index)
+            val_scores, test_scores, _ = with_new_domain(
+                base, name, raw_images(data.train_data), raw_images(data.val_data), raw_images(data.test_data)
+            )
             row = auroc_row(seed, held_out, 1, "add_domain", val_scores, test_scores, data.val_data, data.test_data, 0)
             trained_rows.append({**row, "dataset": name})
         for k in shots:
             held = member_datamodule(config, held_out, k, int(seed))
             held.setup()
-            start = time.perf_counter()
-            base.add_domain(held_out, raw_images(held.train_data))
-            seconds = time.perf_counter() - start
-            index = base.domain_names.index(held_out)
-            val_scores = scores_of(base, raw_images(held.val_data), index)
-            test_scores = scores_of(base, raw_images(held.test_data), index)
+            val_scores, test_scores, seconds = with_new_domain(
+                base, held_out, raw_images(held.train_data), raw_images(held.val_data), raw_images(held.test_data)
+            )
             rows.append(
                 auroc_row(
                     seed, held_out, k, "add_domain", val_scores, test_scores, held.val_data, held.test_data, seconds

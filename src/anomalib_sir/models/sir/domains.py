@@ -141,10 +141,9 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         prototype = F.normalize(descriptors.mean(dim=0, keepdim=True), dim=1)
         radius = (1 - descriptors @ prototype.T).amax() * RADIUS_FACTOR
         mean, std = error_maps.mean(dim=0, keepdim=True), error_maps.std(dim=0, keepdim=True)
-        if len(self) and mean.shape[-2:] != self.error_mean.shape[-2:]:
+        offset = score(z_map(error_maps, mean, std)).amax()
+        if len(self):  # the bank keeps one grid: the first domain's
             mean, std = _resize(mean, self.error_mean.shape[-2:]), _resize(std, self.error_mean.shape[-2:])
-        offset = score(z_map(error_maps, _resize(mean, error_maps.shape[-2:]), _resize(std, error_maps.shape[-2:])))
-        offset = offset.amax()
         self.names = [*self.names, name]
         self.prototypes = _append(self.prototypes, prototype)
         self.radii = _append(self.radii, radius.clamp_min(radius_floor).reshape(1))
@@ -255,6 +254,7 @@ def z_map(anomaly_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``x`` to ``size`` (unchanged if it has that size)."""
     size = tuple(size)
     return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 

@@ -35,7 +35,7 @@ from anomalib_sir.models.coreset import QuietKCenterGreedy
 from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, Features, ScoreMode, SirAnomalyMapGenerator, Size
-from .domains import DomainBank, apply_corrections, domain_descriptor, fit_corrections
+from .domains import DomainBank, _resize, apply_corrections, domain_descriptor, fit_corrections
 
 logger = logging.getLogger(__name__)
 
@@ -308,12 +308,6 @@ def standardize_images(images: torch.Tensor, spread: float = STANDARDIZED_SPREAD
     mean = flat.mean(dim=1).view(-1, 1, 1, 1)
     std = flat.std(dim=1).view(-1, 1, 1, 1)
     return (images - mean) / (std + 1e-6) * spread
-
-
-def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``x`` to ``size`` (unchanged if it has that size)."""
-    size = tuple(size)
-    return x if x.shape[-2:] == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
