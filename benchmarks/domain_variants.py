@@ -1,0 +1,226 @@
+r"""What a domain should fit: variants of ``add_domain`` scored on the base models of a LODO run (no training).
+
+``benchmarks/add_domain_lodo.py`` saves, per reference draw and held-out dataset H, the universal SIR trained
+without H (``work/models``). This script registers H on each of them from ``k`` of its normals in several
+ways and scores H's validation and test images against it (explicit route, so the calibration offset does
+not matter), giving the ablation table of docs/ablations.md ("What a domain fits"). A variant is:
+
+* ``views``: reference views in all (``32``, the shipped ``Sir.DOMAIN_VIEWS``) or ``32`` per reference image;
+* ``ridge``: the correction's ridge strength (``None``: no correction, the decoder's reconstruction as is);
+* ``diagonal``: the correction per channel only (``t ≈ a r + b``) instead of a full affine map of channels;
+* ``normalise``: ``none`` (the corrected ``1 - cos`` map), ``pixel`` (per-pixel z-map of the reference views,
+  the shipped design), ``smooth`` (the same statistics averaged over a 9x9 neighbourhood first: tolerant of
+  anatomy that is not at the same place in every image) or ``wide`` (the
+  z-map with a floor of three times the mean spread instead of one: between ``none`` and ``pixel``). One
+  mean and spread per domain is not a variant: it leaves every domain's AUROC as ``none`` has it.
+
+    python benchmarks/domain_variants.py configs/benchmark.yaml --runs RUN_SEED0 RUN_SEED1 --shots 1 4 \\
+        --output docs/results/domain-variants
+
+Writes ``results.csv`` (seed, held-out, k, variant, val/test AUROC) and ``summary.md`` (mean over held-out
+datasets per draw, how many draws each variant beats the shipped one on validation, and its worst
+per-dataset validation change) to a new folder. Choose on validation; test is reported.
+
+Example:
+    >>> [v.name for v in VARIANTS][:3]
+    ['raw', 'z', 'corr']
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from anomalib_sir.benchmark.config import BenchmarkConfig
+from anomalib_sir.benchmark.data import member_datamodule
+from anomalib_sir.benchmark.worker import build_model
+from anomalib_sir.data.evaluation import rank_auroc
+from anomalib_sir.deploy.predict import fresh_directory
+from anomalib_sir.models.sir.domains import apply_corrections, fit_corrections, z_map
+
+sys.path.insert(0, str(Path(__file__).parent))
+from add_domain_lodo import labels_of, raw_images
+
+SHIPPED = "corr+z"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of registering a domain."""
+
+    name: str
+    ridge: float | None = 0.01
+    normalise: str = "pixel"
+    views_per_image: bool = False
+    diagonal: bool = False
+
+
+VARIANTS = (
+    Variant("raw", ridge=None, normalise="none"),
+    Variant("z", ridge=None),
+    Variant("corr", normalise="none"),
+    Variant(SHIPPED),
+    Variant("corr+smooth-z", normalise="smooth"),
+    Variant("corr+wide-z", normalise="wide"),
+    Variant("corr(0.1)+z", ridge=0.1),
+    Variant("corr(0.001)+z", ridge=0.001),
+    Variant("corr(1)+z", ridge=1.0),
+    Variant("corr(0.1)", ridge=0.1, normalise="none"),
+    Variant("diag", normalise="none", diagonal=True),
+    Variant("diag+z", diagonal=True),
+    Variant("corr+z, 32 views/image", views_per_image=True),
+    Variant("corr, 32 views/image", normalise="none", views_per_image=True),
+    Variant("corr+smooth-z, 32 views/image", normalise="smooth", views_per_image=True),
+)
+
+
+def make_views(sir, images: list[torch.Tensor], count: int) -> torch.Tensor:
+    """``count`` pre-processed views of the references, as ``Sir.add_domain`` makes them (seeded)."""
+    prepared = torch.cat([sir.pre_processor.transform(image.unsqueeze(0)) for image in images])
+    repeats = -(-count // len(prepared))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        augmented = [sir._augment(prepared, sir.configure_augmentation()) for _ in range(repeats - 1)]
+    return torch.cat([prepared, *augmented])[: max(count, len(prepared))]
+
+
+@torch.no_grad()
+def features_and_reconstruction(model, images: torch.Tensor, batch: int = 16):
+    """Teacher features and final-loop reconstruction of pre-processed images (concatenated per scale)."""
+    feats, recs = [], []
+    for chunk in images.split(batch):
+        f = model.extract_features(chunk)
+        feats.append(f)
+        recs.append(model.reconstruct(f)[-1])
+    return [torch.cat(s) for s in zip(*feats, strict=True)], [torch.cat(s) for s in zip(*recs, strict=True)]
+
+
+def fit_diagonal_corrections(teacher_features, reconstruction, ridge: float) -> list[torch.Tensor]:
+    """Per scale and channel, ``t ≈ a r + b`` (ridge on ``a`` toward 0), as a ``(C + 1, C)`` affine map."""
+    corrections = []
+    for t, r in zip(teacher_features, reconstruction, strict=True):
+        x, y = r.transpose(0, 1).flatten(1).double(), t.transpose(0, 1).flatten(1).double()
+        xc, yc = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
+        var = (xc * xc).mean(dim=1)
+        a = (xc * yc).mean(dim=1) / (var + ridge * var.mean())
+        b = y.mean(dim=1) - a * x.mean(dim=1)
+        corrections.append(torch.cat([torch.diag(a), b[None]]).float())
+    return corrections
+
+
+def normalised(maps: torch.Tensor, reference: torch.Tensor, how: str) -> torch.Tensor:
+    """Normalise the query maps by the reference views' maps."""
+    if how == "none":
+        return maps
+    mean, std = reference.mean(dim=0, keepdim=True), reference.std(dim=0, keepdim=True)
+    if how == "wide":
+        return (maps - mean) / (std + 3 * std.mean() + 1e-6)
+    if how == "smooth":
+        mean, std = (F.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False) for x in (mean, std))
+    return z_map(maps, mean, std)
+
+
+@torch.no_grad()
+def score_variants(sir, references: list[torch.Tensor], queries: dict[str, list[torch.Tensor]]) -> dict:
+    """``{variant: {split: scores}}`` for every variant."""
+    model, generator = sir.model, sir.model.anomaly_map_generator
+    prepared = {
+        s: torch.cat([sir.pre_processor.transform(i.unsqueeze(0)) for i in imgs]) for s, imgs in queries.items()
+    }
+    size = next(iter(prepared.values())).shape[-2:]
+    query = {s: features_and_reconstruction(model, x) for s, x in prepared.items()}
+    views = {}
+    for per_image in (False, True):
+        count = sir.DOMAIN_VIEWS * (len(references) if per_image else 1)
+        views[per_image] = features_and_reconstruction(model, make_views(sir, references, count))
+    out = {}
+    for variant in VARIANTS:
+        vf, vr = views[variant.views_per_image]
+        fit = fit_diagonal_corrections if variant.diagonal else fit_corrections
+        corrections = None if variant.ridge is None else fit(vf, vr, variant.ridge)
+
+        def maps_of(f, r, corrections=corrections):
+            return generator(f, r if corrections is None else apply_corrections(r, corrections), size)
+
+        reference = maps_of(vf, vr)
+        out[variant.name] = {
+            s: generator.score(normalised(maps_of(f, r), reference, variant.normalise)) for s, (f, r) in query.items()
+        }
+    return out
+
+
+def summary(results: pd.DataFrame) -> str:
+    """Markdown: per k and variant, mean val/test over held-out datasets (± over draws), wins, worst change."""
+    per_seed = results.groupby(["k", "variant", "seed"], sort=False)[["val_AUROC", "test_AUROC"]].mean()
+    lines = [
+        f"| k | variant | mean val | mean test | draws val > {SHIPPED} | worst dataset val change |",
+        "|---|---|---|---|---|---|",
+    ]
+    per_dataset = results.groupby(["k", "variant", "held_out"], sort=False).val_AUROC.mean()
+    for (k, variant), group in per_seed.groupby(level=["k", "variant"], sort=False):
+        shipped = per_seed.loc[(k, SHIPPED)]
+        wins = int((group.val_AUROC.droplevel([0, 1]) > shipped.val_AUROC + 1e-9).sum())
+        change = (per_dataset.loc[(k, variant)] - per_dataset.loc[(k, SHIPPED)]).sort_values()
+        lines.append(
+            f"| {k} | {variant} | {group.val_AUROC.mean():.3f} ± {group.val_AUROC.std(ddof=0):.3f} "
+            f"| {group.test_AUROC.mean():.3f} ± {group.test_AUROC.std(ddof=0):.3f} "
+            f"| {wins}/{len(group)} | {change.iloc[0]:+.3f} ({change.index[0]}) |"
+        )
+    table = results.pivot_table(index=["k", "variant"], columns="held_out", values="val_AUROC", sort=False)
+    return (
+        "\n".join(lines)
+        + "\n\nValidation AUROC per held-out dataset (mean over draws):\n\n"
+        + table.round(3).to_markdown()
+    )
+
+
+def main(argv=None) -> int:
+    """Score every variant on every saved base model; write results.csv and summary.md."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="add_domain_lodo.py output folders")
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    config = BenchmarkConfig.from_yaml(args.config)
+    output = fresh_directory(args.output)
+    rows = []
+    for run in args.runs:
+        for path in sorted((run / "work" / "models").glob("universal_without_*_seed*.pt")):
+            held_out, seed = path.stem.removeprefix("universal_without_").rsplit("_seed", 1)
+            sir = build_model(config.models["SIR"], config.image_size, config.backbone, 1)
+            sir.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            sir.eval()
+            for k in args.shots:
+                data = member_datamodule(config, held_out, k, int(seed))
+                data.setup()
+                splits = {"val": data.val_data, "test": data.test_data}
+                scores = score_variants(sir, raw_images(data.train_data), {s: raw_images(d) for s, d in splits.items()})
+                for variant, by_split in scores.items():
+                    row = {"seed": int(seed), "held_out": held_out, "k": k, "variant": variant}
+                    for s, d in splits.items():
+                        row[f"{s}_AUROC"] = rank_auroc(by_split[s], labels_of(d))
+                    rows.append(row)
+                print(held_out, seed, k, {r["variant"]: round(r["val_AUROC"], 3) for r in rows[-len(VARIANTS) :]})
+            results = pd.DataFrame(rows)
+            results.to_csv(output / "results.csv", index=False)
+            (output / "summary.md").write_text(
+                f"# What a domain fits ({args.config}, runs {[str(r) for r in args.runs]})\n\n{summary(results)}\n"
+            )
+    print((output / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
