@@ -19,6 +19,7 @@ chosen on test images.
 
     python benchmarks/add_domain_lodo.py configs/benchmark.yaml --seeds 0 1 --shots 1 4 \\
         --output docs/results/add-domain-lodo
+    python benchmarks/add_domain_lodo.py configs/benchmark.yaml --merge RUN_A RUN_B --output OUT  # one summary
 
 Example:
     >>> summarize(pd.DataFrame([{"seed": 0, "held_out": "a", "k": 1, "method": "retrain",
@@ -50,6 +51,8 @@ from anomalib_sir.data.evaluation import rank_auroc
 from anomalib_sir.deploy.predict import fresh_directory
 
 METHODS = ("no_domain", "add_domain", "retrain", "patchcore")
+#: The tables a run writes (``NAME.csv``), in the order :func:`write_outputs` takes them.
+CSV_TABLES = ("results", "routing", "trained_domains")
 
 
 def raw_images(dataset) -> list[torch.Tensor]:
@@ -344,7 +347,7 @@ def write_outputs(output: Path, args, results: pd.DataFrame, routing: pd.DataFra
     trained.to_csv(output / "trained_domains.csv", index=False)
     seeds = sorted(results.seed.unique().tolist())
     summary = [
-        f"# add_domain, leave one dataset out ({args.config}, seeds {seeds}, k {args.shots})",
+        f"# add_domain, leave one dataset out ({args.config}, seeds {seeds}, k {sorted(results.k.unique().tolist())})",
         "",
         mean_table(results),
         "",
@@ -371,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="new folder for results.csv, routing.csv, summary.md")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rescore", type=Path, help="earlier run folder: recompute its add_domain rows only")
+    parser.add_argument("--merge", type=Path, nargs="+", help="earlier run folders (other seeds): one summary of all")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -380,8 +384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.rescore:
         results, trained = rescore(config, args.rescore, args.shots)
         write_outputs(output, args, results, pd.read_csv(args.rescore / "routing.csv"), trained)
+    if args.merge:
+        tables = [pd.concat([pd.read_csv(run / f"{t}.csv") for run in args.merge]) for t in CSV_TABLES]
+        write_outputs(output, args, *tables)
     rows, routing, trained_rows, all_in_one = [], [], [], {}
-    for seed in args.seeds if not args.rescore else []:
+    for seed in args.seeds if not (args.rescore or args.merge) else []:
         for held_out in args.held_out or list(config.datasets):
             new_rows, new_routing, new_trained = run_held_out(
                 config, seed, held_out, args.shots, output / "work", all_in_one

@@ -16,6 +16,7 @@ not matter), giving the ablation table of docs/ablations.md ("What a domain fits
 
     python benchmarks/domain_variants.py configs/benchmark.yaml --runs RUN_SEED0 RUN_SEED1 --shots 1 4 \\
         --output docs/results/domain-variants
+    python benchmarks/domain_variants.py configs/benchmark.yaml --merge OUT_A OUT_B --output OUT  # one summary
 
 Writes ``results.csv`` (seed, held-out, k, variant, val/test AUROC) and ``summary.md`` (mean over held-out
 datasets per draw, how many draws each variant beats the shipped one on validation, and its worst
@@ -143,18 +144,59 @@ def score_variants(sir, references: list[torch.Tensor], queries: dict[str, list[
         views[per_image] = features_and_reconstruction(model, make_views(sir, references, count))
     out = {}
     for variant in VARIANTS:
-        vf, vr = views[variant.views_per_image]
-        fit = fit_diagonal_corrections if variant.diagonal else fit_corrections
-        corrections = None if variant.ridge is None else fit(vf, vr, variant.ridge)
-
-        def maps_of(f, r, corrections=corrections):
-            return generator(f, r if corrections is None else apply_corrections(r, corrections), size)
-
-        reference = maps_of(vf, vr)
-        out[variant.name] = {
-            s: generator.score(normalised(maps_of(f, r), reference, variant.normalise)) for s, (f, r) in query.items()
-        }
+        out[variant.name] = variant_scores(generator, variant, views[variant.views_per_image], query, size)
+    out["auto"] = out[self_checked(sir, references, size).name]
     return out
+
+
+def variant_scores(generator, variant: Variant, views, query: dict, size) -> dict:
+    """``{split: scores}`` of the query splits for a domain registered from ``views`` as ``variant`` says."""
+    vf, vr = views
+    fit = fit_diagonal_corrections if variant.diagonal else fit_corrections
+    corrections = None if variant.ridge is None else fit(vf, vr, variant.ridge)
+
+    def maps_of(f, r):
+        return generator(f, r if corrections is None else apply_corrections(r, corrections), size)
+
+    reference = maps_of(vf, vr)
+    return {s: generator.score(normalised(maps_of(f, r), reference, variant.normalise)) for s, (f, r) in query.items()}
+
+
+#: What ``auto`` chooses from, per domain, by :func:`self_checked`.
+AUTO_CANDIDATES = ("z", SHIPPED, "corr(1)+z")
+
+
+def cut_paste(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image with a square patch (15-30 % of its side) of the next image pasted at a random place."""
+    out = images.clone()
+    height, width = images.shape[-2:]
+    for i in range(len(images)):
+        side = int(height * (0.15 + 0.15 * torch.rand(1, generator=generator).item()))
+        ys, xs, yd, xd = (torch.randint(0, n - side, (1,), generator=generator).item() for n in (height, width) * 2)
+        source = images[(i + 1) % len(images)]
+        out[i, :, yd : yd + side, xd : xd + side] = source[:, ys : ys + side, xs : xs + side]
+    return out
+
+
+def self_checked(sir, references: list[torch.Tensor], size) -> Variant:
+    """Pick the candidate that best tells held-out reference views from cut-paste copies of them (no labels)."""
+    model, generator = sir.model, sir.model.anomaly_map_generator
+    views = make_views(sir, references, sir.DOMAIN_VIEWS)
+    fit_views, check_views = views[0::2], views[1::2]
+    corrupted = cut_paste(check_views, torch.Generator().manual_seed(0))
+    query = {
+        "clean": features_and_reconstruction(model, check_views),
+        "bad": features_and_reconstruction(model, corrupted),
+    }
+    fitted = features_and_reconstruction(model, fit_views)
+    labels = torch.cat([torch.zeros(len(check_views)), torch.ones(len(corrupted))]).long()
+    best, best_auroc = None, -1.0
+    for variant in (v for v in VARIANTS if v.name in AUTO_CANDIDATES):
+        scores = variant_scores(generator, variant, fitted, query, size)
+        auroc = rank_auroc(torch.cat([scores["clean"], scores["bad"]]), labels)
+        if auroc > best_auroc + 1e-9:
+            best, best_auroc = variant, auroc
+    return best
 
 
 def summary(results: pd.DataFrame) -> str:
@@ -182,11 +224,20 @@ def summary(results: pd.DataFrame) -> str:
     )
 
 
+def write_summary(output: Path, args, results: pd.DataFrame) -> None:
+    """Write results.csv and summary.md."""
+    results.to_csv(output / "results.csv", index=False)
+    seeds = sorted(results.seed.unique().tolist())
+    title = f"# What a domain fits ({args.config}, base models of draws {seeds})"
+    (output / "summary.md").write_text(f"{title}\n\n{summary(results)}\n")
+
+
 def main(argv=None) -> int:
     """Score every variant on every saved base model; write results.csv and summary.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config")
-    parser.add_argument("--runs", type=Path, nargs="+", required=True, help="add_domain_lodo.py output folders")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[], help="add_domain_lodo.py output folders")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier outputs of this script: one summary")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -195,7 +246,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.from_yaml(args.config)
     output = fresh_directory(args.output)
-    rows = []
+    rows = [row for run in args.merge for row in pd.read_csv(run / "results.csv").to_dict("records")]
+    if rows:
+        write_summary(output, args, pd.DataFrame(rows))
     for run in args.runs:
         for path in sorted((run / "work" / "models").glob("universal_without_*_seed*.pt")):
             held_out, seed = path.stem.removeprefix("universal_without_").rsplit("_seed", 1)
@@ -212,12 +265,8 @@ def main(argv=None) -> int:
                     for s, d in splits.items():
                         row[f"{s}_AUROC"] = rank_auroc(by_split[s], labels_of(d))
                     rows.append(row)
-                print(held_out, seed, k, {r["variant"]: round(r["val_AUROC"], 3) for r in rows[-len(VARIANTS) :]})
-            results = pd.DataFrame(rows)
-            results.to_csv(output / "results.csv", index=False)
-            (output / "summary.md").write_text(
-                f"# What a domain fits ({args.config}, runs {[str(r) for r in args.runs]})\n\n{summary(results)}\n"
-            )
+                print(held_out, seed, k, {r["variant"]: round(r["val_AUROC"], 3) for r in rows[-len(scores) :]})
+            write_summary(output, args, pd.DataFrame(rows))
     print((output / "summary.md").read_text())
     return 0
 
