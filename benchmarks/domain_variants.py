@@ -5,7 +5,8 @@ without H (``work/models``). This script registers H on each of them from ``k`` 
 ways and scores H's validation and test images against it (explicit route, so the calibration offset does
 not matter), giving the ablation table of docs/ablations.md ("What a domain fits"). A variant is:
 
-* ``views``: reference views in all (``32``, the shipped ``Sir.DOMAIN_VIEWS``) or ``32`` per reference image;
+* ``views``: ``32`` reference views in all (the first design) or ``32`` per reference image (adopted:
+  ``Sir.domain_views``);
 * ``ridge``: the correction's ridge strength (``None``: no correction, the decoder's reconstruction as is);
 * ``diagonal``: the correction per channel only (``t ≈ a r + b``) instead of a full affine map of channels;
 * ``normalise``: ``none`` (the corrected ``1 - cos`` map), ``pixel`` (per-pixel z-map of the reference views,
@@ -19,7 +20,7 @@ not matter), giving the ablation table of docs/ablations.md ("What a domain fits
     python benchmarks/domain_variants.py configs/benchmark.yaml --merge OUT_A OUT_B --output OUT  # one summary
 
 Writes ``results.csv`` (seed, held-out, k, variant, val/test AUROC) and ``summary.md`` (mean over held-out
-datasets per draw, how many draws each variant beats the shipped one on validation, and its worst
+datasets per draw, how many draws each variant beats ``BASELINE`` on validation, and its worst
 per-dataset validation change) to a new folder. Choose on validation; test is reported.
 
 Example:
@@ -50,7 +51,8 @@ from anomalib_sir.models.sir.domains import apply_corrections, fit_corrections, 
 sys.path.insert(0, str(Path(__file__).parent))
 from add_domain_lodo import labels_of, raw_images
 
-SHIPPED = "corr+z"
+#: The design every variant is compared with (the first shipped one: 32 views in all).
+BASELINE = "corr+z"
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ VARIANTS = (
     Variant("raw", ridge=None, normalise="none"),
     Variant("z", ridge=None),
     Variant("corr", normalise="none"),
-    Variant(SHIPPED),
+    Variant(BASELINE),
     Variant("corr+smooth-z", normalise="smooth"),
     Variant("corr+wide-z", normalise="wide"),
     Variant("corr(0.1)+z", ridge=0.1),
@@ -81,16 +83,6 @@ VARIANTS = (
     Variant("corr, 32 views/image", normalise="none", views_per_image=True),
     Variant("corr+smooth-z, 32 views/image", normalise="smooth", views_per_image=True),
 )
-
-
-def make_views(sir, images: list[torch.Tensor], count: int) -> torch.Tensor:
-    """``count`` pre-processed views of the references, as ``Sir.add_domain`` makes them (seeded)."""
-    prepared = torch.cat([sir.pre_processor.transform(image.unsqueeze(0)) for image in images])
-    repeats = -(-count // len(prepared))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        augmented = [sir._augment(prepared, sir.configure_augmentation()) for _ in range(repeats - 1)]
-    return torch.cat([prepared, *augmented])[: max(count, len(prepared))]
 
 
 @torch.no_grad()
@@ -141,7 +133,7 @@ def score_variants(sir, references: list[torch.Tensor], queries: dict[str, list[
     views = {}
     for per_image in (False, True):
         count = sir.DOMAIN_VIEWS * (len(references) if per_image else 1)
-        views[per_image] = features_and_reconstruction(model, make_views(sir, references, count))
+        views[per_image] = features_and_reconstruction(model, sir.domain_views(references, count))
     out = {}
     for variant in VARIANTS:
         out[variant.name] = variant_scores(generator, variant, views[variant.views_per_image], query, size)
@@ -163,7 +155,7 @@ def variant_scores(generator, variant: Variant, views, query: dict, size) -> dic
 
 
 #: What ``auto`` chooses from, per domain, by :func:`self_checked`.
-AUTO_CANDIDATES = ("z", SHIPPED, "corr(1)+z")
+AUTO_CANDIDATES = ("z", BASELINE, "corr(1)+z")
 
 
 def cut_paste(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -181,7 +173,7 @@ def cut_paste(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def self_checked(sir, references: list[torch.Tensor], size) -> Variant:
     """Pick the candidate that best tells held-out reference views from cut-paste copies of them (no labels)."""
     model, generator = sir.model, sir.model.anomaly_map_generator
-    views = make_views(sir, references, sir.DOMAIN_VIEWS)
+    views = sir.domain_views(references, sir.DOMAIN_VIEWS)
     fit_views, check_views = views[0::2], views[1::2]
     corrupted = cut_paste(check_views, torch.Generator().manual_seed(0))
     query = {
@@ -203,14 +195,14 @@ def summary(results: pd.DataFrame) -> str:
     """Markdown: per k and variant, mean val/test over held-out datasets (± over draws), wins, worst change."""
     per_seed = results.groupby(["k", "variant", "seed"], sort=False)[["val_AUROC", "test_AUROC"]].mean()
     lines = [
-        f"| k | variant | mean val | mean test | draws val > {SHIPPED} | worst dataset val change |",
+        f"| k | variant | mean val | mean test | draws val > {BASELINE} | worst dataset val change |",
         "|---|---|---|---|---|---|",
     ]
     per_dataset = results.groupby(["k", "variant", "held_out"], sort=False).val_AUROC.mean()
     for (k, variant), group in per_seed.groupby(level=["k", "variant"], sort=False):
-        shipped = per_seed.loc[(k, SHIPPED)]
+        shipped = per_seed.loc[(k, BASELINE)]
         wins = int((group.val_AUROC.droplevel([0, 1]) > shipped.val_AUROC + 1e-9).sum())
-        change = (per_dataset.loc[(k, variant)] - per_dataset.loc[(k, SHIPPED)]).sort_values()
+        change = (per_dataset.loc[(k, variant)] - per_dataset.loc[(k, BASELINE)]).sort_values()
         lines.append(
             f"| {k} | {variant} | {group.val_AUROC.mean():.3f} ± {group.val_AUROC.std(ddof=0):.3f} "
             f"| {group.test_AUROC.mean():.3f} ± {group.test_AUROC.std(ddof=0):.3f} "

@@ -213,18 +213,22 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
 
     # --------------------------------------------------------------------------- domains (no gradient step)
 
-    #: Views (the images themselves, then augmented ones) a domain's statistics are computed from.
+    #: Views per reference image (the image itself, then augmented ones) a domain's statistics are computed
+    #: from, up to ``MAX_DOMAIN_VIEWS`` in all (32 per image beat 32 in all at k = 4 in every draw of the
+    #: leave-one-dataset-out validation; docs/ablations.md).
     DOMAIN_VIEWS = 32
+    MAX_DOMAIN_VIEWS = 256
 
     def add_domain(self, name: str, images: torch.Tensor | Sequence[torch.Tensor]) -> None:
         """Register domain ``name`` from ``k`` normal images, without a gradient step (seconds on a CPU).
 
-        Each image is resized and normalised by the model's pre-processor; ``DOMAIN_VIEWS`` views of them in
-        all (the images, then seeded augmented views) give the domain's prototype, radius, error statistics
-        and calibration (:class:`~anomalib_sir.models.sir.domains.DomainBank`). From then on every image is
-        scored against its domain: the one the datamodule names (a dataset of the same name), else the
-        nearest prototype; an image that matches no domain gets a ``NaN`` score ("unknown domain"). A name
-        that is taken is refused (``ValueError``): :meth:`remove_domain` it first.
+        Each image is resized and normalised by the model's pre-processor; ``DOMAIN_VIEWS`` views of each
+        (the image, then seeded augmented views; ``MAX_DOMAIN_VIEWS`` in all at most, :meth:`domain_views`)
+        give the domain's prototype, radius, error statistics and calibration
+        (:class:`~anomalib_sir.models.sir.domains.DomainBank`). From then on every image is scored against its
+        domain: the one the datamodule names (a dataset of the same name), else the nearest prototype; an
+        image that matches no domain gets a ``NaN`` score ("unknown domain"). A name that is taken is refused
+        (``ValueError``): :meth:`remove_domain` it first.
 
         Args:
             name: the domain's name.
@@ -246,15 +250,29 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         if not images:
             msg = f"add_domain({name!r}): no images given; pass one or more normal images of the domain"
             raise ValueError(msg)
+        self.model.add_domain(name.strip(), self.domain_views(images))
+
+    def domain_views(self, images: Sequence[torch.Tensor], count: int | None = None) -> torch.Tensor:
+        """Pre-processed views of reference images: the images, then seeded augmented copies; ``count`` in all.
+
+        ``count`` defaults to ``DOMAIN_VIEWS`` per image, at most ``MAX_DOMAIN_VIEWS`` (never fewer than the images).
+
+        Example:
+            >>> model = Sir(image_size=(64, 64), width=16, loops=1, pre_trained=False)
+            >>> tuple(model.domain_views([torch.rand(3, 80, 80)] * 2).shape)
+            (64, 3, 64, 64)
+
+        """
         transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
         prepared = torch.cat([transform(image.unsqueeze(0)) if transform else image.unsqueeze(0) for image in images])
         prepared = prepared.to(self.device)
-        repeats = -(-self.DOMAIN_VIEWS // len(prepared))
+        count = count or min(self.DOMAIN_VIEWS * len(prepared), self.MAX_DOMAIN_VIEWS)
+        count = max(count, len(prepared))
+        repeats = -(-count // len(prepared))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             augmented = [self._augment(prepared, self.configure_augmentation()) for _ in range(repeats - 1)]
-        views = torch.cat([prepared, *augmented])[: max(self.DOMAIN_VIEWS, len(prepared))]
-        self.model.add_domain(name.strip(), views)
+        return torch.cat([prepared, *augmented])[:count]
 
     def remove_domain(self, name: str) -> None:
         """Forget domain ``name``; ``KeyError`` naming the registered domains if there is none."""
