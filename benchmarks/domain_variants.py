@@ -130,13 +130,11 @@ def score_variants(sir, references: list[torch.Tensor], queries: dict[str, list[
     }
     size = next(iter(prepared.values())).shape[-2:]
     query = {s: features_and_reconstruction(model, x) for s, x in prepared.items()}
-    views = {}
-    for per_image in (False, True):
-        count = sir.DOMAIN_VIEWS * (len(references) if per_image else 1)
-        views[per_image] = features_and_reconstruction(model, sir.domain_views(references, count))
+    counts = {per_image: sir.DOMAIN_VIEWS * (len(references) if per_image else 1) for per_image in (False, True)}
+    views = {n: features_and_reconstruction(model, sir.domain_views(references, n)) for n in set(counts.values())}
     out = {}
     for variant in VARIANTS:
-        out[variant.name] = variant_scores(generator, variant, views[variant.views_per_image], query, size)
+        out[variant.name] = variant_scores(generator, variant, views[counts[variant.views_per_image]], query, size)
     out["auto"] = out[self_checked(sir, references, size).name]
     return out
 
