@@ -1,0 +1,220 @@
+r"""Issue 19 levers that use the reference normal itself: per-dataset error statistics, repair training.
+
+For every reference draw (``--seeds``) this trains the grid's ``SIR`` one-shot, universal (one model on every
+dataset's training normal) and specialised (one model per dataset), each in two ways:
+
+* ``plain``: ``Sir()`` as shipped;
+* ``repair``: repair training, per view with probability ``REPAIR_PROBABILITY`` one box (10-40 % of the side)
+  blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being the
+  teacher features of the *clean* view (the lever of docs/ablations.md, issue 19).
+
+Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
+from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
+
+* ``raw``: the model's own score (the baseline of the rule);
+* ``own-z``: the per-pixel z-map of the reference views' error maps, the dataset's own statistics (in the
+  universal model: not pooled over datasets, the failure of the pooled z-map lever);
+* ``own-corr+z``: what ``Sir.add_domain`` fits (affine correction of the reconstruction + z-map);
+* ``own-|z|``: the two-sided z-map (places reconstructed much *better* than in the reference count too).
+
+Validation chooses (``benchmarks/adoption_rule.py`` reads ``results.csv``: the ``model`` column is
+``SIR`` for the baseline and ``SIR+<training>/<scoring>`` otherwise); test is reported.
+
+    python benchmarks/reference_levers.py configs/benchmark.yaml --seeds 0 1 2 3 4 --output OUT
+    python benchmarks/reference_levers.py configs/benchmark.yaml --merge OUT_A OUT_B --output OUT  # one table
+
+Example:
+    >>> [s.name for s in SCORINGS]
+    ['raw', 'own-z', 'own-corr+z', 'own-|z|']
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from anomalib_sir import Sir
+from anomalib_sir.benchmark.config import BenchmarkConfig
+from anomalib_sir.benchmark.data import member_datamodule
+from anomalib_sir.data.evaluation import rank_auroc
+from anomalib_sir.deploy.predict import fresh_directory
+
+sys.path.insert(0, str(Path(__file__).parent))
+from add_domain_lodo import labels_of, raw_images, train
+from domain_variants import Variant, features_and_reconstruction, variant_scores
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """One way of scoring a dataset with a trained model and the dataset's own reference views."""
+
+    name: str
+    variant: Variant
+    two_sided: bool = False
+
+
+SCORINGS = (
+    Scoring("raw", Variant("raw", ridge=None, normalise="none")),
+    Scoring("own-z", Variant("z", ridge=None)),
+    Scoring("own-corr+z", Variant("corr+z")),
+    Scoring("own-|z|", Variant("z", ridge=None), two_sided=True),
+)
+TRAININGS = ("plain", "repair")
+
+
+class RepairSir(Sir):
+    """``Sir`` trained to reconstruct the clean view's teacher features from a locally corrupted view."""
+
+    REPAIR_PROBABILITY = 0.5
+    REPAIR_SIZE = (0.1, 0.4)
+    REPAIR_ALPHA = (0.3, 1.0)
+    REPAIR_GAIN = 0.5
+
+    def training_step(self, batch, *args, **kwargs):
+        """Cosine loss between the clean views' teacher features and the corrupted views' reconstructions."""
+        del args, kwargs
+        views = self._augment(batch.image)
+        output = self.model(self.corrupt(views))
+        loss = self.loss(self.model.extract_features(views), output.reconstructions)
+        self.log("train_loss", loss.item(), on_epoch=True, logger=False, batch_size=len(views))
+        return {"loss": loss}
+
+    def corrupt(self, views: torch.Tensor) -> torch.Tensor:
+        """Per view with ``REPAIR_PROBABILITY``: one box blended with another view's box, or contrast-shifted."""
+        out = views.clone()
+        donors = self._augment(views.roll(1, dims=0))
+        height, width = views.shape[-2:]
+        for i in range(len(views)):
+            if torch.rand(()) >= self.REPAIR_PROBABILITY:
+                continue
+            side = torch.empty(2).uniform_(*self.REPAIR_SIZE)
+            h, w = max(2, int(side[0] * height)), max(2, int(side[1] * width))
+            top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+            box = out[i, :, top : top + h, left : left + w]
+            if torch.rand(()) < 0.5:
+                alpha = float(torch.empty(()).uniform_(*self.REPAIR_ALPHA))
+                dt, dl = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
+                box.mul_(1 - alpha).add_(alpha * donors[i, :, dt : dt + h, dl : dl + w])
+            else:
+                gain = float(torch.empty(()).uniform_(1 - self.REPAIR_GAIN, 1 + self.REPAIR_GAIN))
+                mean = box.mean()
+                box.sub_(mean).mul_(gain).add_(mean + float(torch.empty(()).uniform_(-0.5, 0.5)))
+        return out
+
+
+@torch.no_grad()
+def scorings_of(sir: Sir, references: list[torch.Tensor], splits: dict[str, list[torch.Tensor]]) -> dict:
+    """``{scoring: {split: scores}}`` of one dataset's splits, from its ``references``."""
+    model, generator = sir.model, sir.model.anomaly_map_generator
+    prepared = {s: torch.cat([sir.pre_processor.transform(i.unsqueeze(0)) for i in imgs]) for s, imgs in splits.items()}
+    size = next(iter(prepared.values())).shape[-2:]
+    query = {s: features_and_reconstruction(model, x) for s, x in prepared.items()}
+    views = features_and_reconstruction(model, sir.domain_views(references))
+    out = {}
+    for scoring in SCORINGS:
+        if scoring.two_sided:
+            out[scoring.name] = two_sided_scores(generator, views, query, size)
+        else:
+            out[scoring.name] = variant_scores(generator, scoring.variant, views, query, size)
+    return out
+
+
+def two_sided_scores(generator, views, query: dict, size) -> dict:
+    """Top-k of ``|z|``: the reference views' per-pixel z-map, deviations in both directions."""
+    from anomalib_sir.models.sir.domains import z_map
+
+    reference = generator(*views, size)
+    mean, std = reference.mean(dim=0, keepdim=True), reference.std(dim=0, keepdim=True)
+    return {s: generator.score(z_map(generator(f, r, size), mean, std).abs()) for s, (f, r) in query.items()}
+
+
+def model_spec(config: BenchmarkConfig, training: str):
+    """Return the grid's SIR spec, with the repair-trained class for ``training == "repair"``."""
+    spec = config.models["SIR"]
+    return spec if training == "plain" else replace(spec, class_path="reference_levers.RepairSir")
+
+
+def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]) -> list[dict]:
+    """Every training x setting x dataset x scoring row of one reference draw."""
+    names = list(config.datasets)
+    rows = []
+    for training in TRAININGS:
+        config.models[f"SIR/{training}"] = model_spec(config, training)
+        for setting in settings:
+            groups = [names] if setting == "universal" else [[n] for n in names]
+            for group in groups:
+                members = [member_datamodule(config, n, 1, seed) for n in group]
+                for m in members:
+                    m.setup()
+                sir, seconds = train(config, f"SIR/{training}", members, seed, work / f"{training}_{setting}", 1)
+                for name, data in zip(group, members, strict=True):
+                    splits = {"val": data.val_data, "test": data.test_data}
+                    images = {s: raw_images(d) for s, d in splits.items()}
+                    scores = scorings_of(sir, raw_images(data.train_data), images)
+                    for scoring, by_split in scores.items():
+                        model = "SIR" if (training, scoring) == ("plain", "raw") else f"SIR+{training}/{scoring}"
+                        row = {"model": model, "setting": setting, "shot": "1", "dataset": name, "seed": seed}
+                        for split, dataset in splits.items():
+                            row[f"{split}_AUROC" if split == "val" else "AUROC"] = rank_auroc(
+                                by_split[split], labels_of(dataset)
+                            )
+                        rows.append({**row, "train_s": seconds, "status": "ok"})
+                    print(seed, training, setting, name, {r["model"]: round(r["val_AUROC"], 3) for r in rows[-4:]})
+    return rows
+
+
+def summary(results: pd.DataFrame) -> str:
+    """Markdown: per setting and model, mean val/test over datasets (± over draws), and per dataset val."""
+    per_seed = results.groupby(["setting", "model", "seed"], sort=False)[["val_AUROC", "AUROC"]].mean()
+    lines = ["| setting | model | mean val | mean test | draws |", "|---|---|---|---|---|"]
+    for (setting, model), group in per_seed.groupby(level=["setting", "model"], sort=False):
+        lines.append(
+            f"| {setting} | {model} | {group.val_AUROC.mean():.3f} ± {group.val_AUROC.std(ddof=0):.3f} "
+            f"| {group.AUROC.mean():.3f} ± {group.AUROC.std(ddof=0):.3f} | {len(group)} |"
+        )
+    table = results.pivot_table(index=["setting", "model"], columns="dataset", values="val_AUROC", sort=False)
+    return "\n".join(lines) + "\n\nValidation AUROC per dataset (mean over draws):\n\n" + table.round(3).to_markdown()
+
+
+def write(output: Path, args, results: pd.DataFrame) -> None:
+    """Write results.csv and summary.md."""
+    results.to_csv(output / "results.csv", index=False)
+    seeds = sorted(results.seed.unique().tolist())
+    (output / "summary.md").write_text(f"# Reference levers ({args.config}, draws {seeds})\n\n{summary(results)}\n")
+
+
+def main(argv=None) -> int:
+    """Train, score every scoring, write the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[])
+    parser.add_argument("--settings", nargs="+", default=["universal", "specialized"])
+    parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier outputs of this script")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    config = BenchmarkConfig.from_yaml(args.config)
+    output = fresh_directory(args.output)
+    rows = [row for run in args.merge for row in pd.read_csv(run / "results.csv").to_dict("records")]
+    for seed in args.seeds:
+        start = time.perf_counter()
+        rows += run_seed(config, seed, output / "work" / f"seed{seed}", args.settings)
+        print(f"seed {seed}: {time.perf_counter() - start:.0f} s")
+        write(output, args, pd.DataFrame(rows))
+    write(output, args, pd.DataFrame(rows))
+    print((output / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
