@@ -85,17 +85,6 @@ VARIANTS = (
 )
 
 
-@torch.no_grad()
-def features_and_reconstruction(model, images: torch.Tensor, batch: int = 16):
-    """Teacher features and final-loop reconstruction of pre-processed images (concatenated per scale)."""
-    feats, recs = [], []
-    for chunk in images.split(batch):
-        f = model.extract_features(chunk)
-        feats.append(f)
-        recs.append(model.reconstruct(f)[-1])
-    return [torch.cat(s) for s in zip(*feats, strict=True)], [torch.cat(s) for s in zip(*recs, strict=True)]
-
-
 def fit_diagonal_corrections(teacher_features, reconstruction, ridge: float) -> list[torch.Tensor]:
     """Per scale and channel, ``t ≈ a r + b`` (ridge on ``a`` toward 0), as a ``(C + 1, C)`` affine map."""
     corrections = []
@@ -129,9 +118,9 @@ def score_variants(sir, references: list[torch.Tensor], queries: dict[str, list[
         s: torch.cat([sir.pre_processor.transform(i.unsqueeze(0)) for i in imgs]) for s, imgs in queries.items()
     }
     size = next(iter(prepared.values())).shape[-2:]
-    query = {s: features_and_reconstruction(model, x) for s, x in prepared.items()}
+    query = {s: model.features_and_reconstruction(x) for s, x in prepared.items()}
     counts = {per_image: sir.DOMAIN_VIEWS * (len(references) if per_image else 1) for per_image in (False, True)}
-    views = {n: features_and_reconstruction(model, sir.domain_views(references, n)) for n in set(counts.values())}
+    views = {n: model.features_and_reconstruction(sir.domain_views(references, n)) for n in set(counts.values())}
     out = {}
     for variant in VARIANTS:
         out[variant.name] = variant_scores(generator, variant, views[counts[variant.views_per_image]], query, size)
@@ -175,10 +164,10 @@ def self_checked(sir, references: list[torch.Tensor], size) -> Variant:
     fit_views, check_views = views[0::2], views[1::2]
     corrupted = cut_paste(check_views, torch.Generator().manual_seed(0))
     query = {
-        "clean": features_and_reconstruction(model, check_views),
-        "bad": features_and_reconstruction(model, corrupted),
+        "clean": model.features_and_reconstruction(check_views),
+        "bad": model.features_and_reconstruction(corrupted),
     }
-    fitted = features_and_reconstruction(model, fit_views)
+    fitted = model.features_and_reconstruction(fit_views)
     labels = torch.cat([torch.zeros(len(check_views)), torch.ones(len(corrupted))]).long()
     best, best_auroc = None, -1.0
     for variant in (v for v in VARIANTS if v.name in AUTO_CANDIDATES):

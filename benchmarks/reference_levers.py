@@ -49,7 +49,7 @@ from anomalib_sir.deploy.predict import fresh_directory
 
 sys.path.insert(0, str(Path(__file__).parent))
 from add_domain_lodo import labels_of, raw_images, train
-from domain_variants import Variant, features_and_reconstruction, variant_scores
+from domain_variants import Variant, variant_scores
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,8 @@ def scorings_of(sir: Sir, references: list[torch.Tensor], splits: dict[str, list
     model, generator = sir.model, sir.model.anomaly_map_generator
     prepared = {s: torch.cat([sir.pre_processor.transform(i.unsqueeze(0)) for i in imgs]) for s, imgs in splits.items()}
     size = next(iter(prepared.values())).shape[-2:]
-    query = {s: features_and_reconstruction(model, x) for s, x in prepared.items()}
-    views = features_and_reconstruction(model, sir.domain_views(references))
+    query = {s: model.features_and_reconstruction(x) for s, x in prepared.items()}
+    views = model.features_and_reconstruction(sir.domain_views(references))
     out = {}
     for scoring in SCORINGS:
         if scoring.two_sided:

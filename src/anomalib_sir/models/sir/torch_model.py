@@ -184,23 +184,34 @@ class SirModel(DynamicBufferMixin, nn.Module):
         was_training = self.training
         self.eval()
         with torch.inference_mode(False):
-            chunks = [self.extract_features(chunk) for chunk in views.split(self.DOMAIN_BATCH_SIZE)]
-            reconstructions = [self.reconstruct(features)[-1] for features in chunks]
-            features = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
-            corrections = fit_corrections(features, [torch.cat(scale) for scale in zip(*reconstructions, strict=True)])
-            maps = [
-                self.raw_anomaly_map(f, apply_corrections(r, corrections), views.shape[-2:])
-                for f, r in zip(chunks, reconstructions, strict=True)
-            ]
+            features, reconstruction = self.features_and_reconstruction(views)
+            corrections = fit_corrections(features, reconstruction)
             self.domains.add(
                 name,
                 domain_descriptor(features),
                 corrections,
-                torch.cat(maps),
+                self.raw_anomaly_map(features, apply_corrections(reconstruction, corrections), views.shape[-2:]),
                 score=self.anomaly_map_generator.score,
                 radius_floor=self.UNKNOWN_DISTANCE,
             )
         self.train(was_training)
+
+    @torch.no_grad()
+    def features_and_reconstruction(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Teacher features and final-loop reconstruction of pre-processed images, per scale (in chunks).
+
+        Example:
+            >>> model = SirModel(pre_trained=False, width=8, loops=1).eval()
+            >>> features, reconstruction = model.features_and_reconstruction(torch.rand(20, 3, 64, 64))
+            >>> [tuple(f.shape) for f in features] == [tuple(r.shape) for r in reconstruction], len(features[0])
+            (True, 20)
+
+        """
+        chunks = [self.extract_features(chunk) for chunk in images.split(self.DOMAIN_BATCH_SIZE)]
+        reconstructions = [self.reconstruct(features)[-1] for features in chunks]
+        return [torch.cat(s) for s in zip(*chunks, strict=True)], [
+            torch.cat(s) for s in zip(*reconstructions, strict=True)
+        ]
 
     def extract_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Teacher features (no gradients) of ``images``, standardised first (``STANDARDIZE_INPUT``)."""
