@@ -161,26 +161,27 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
                     scores = scorings_of(sir, raw_images(data.train_data), images)
                     for scoring, by_split in scores.items():
                         model = "SIR" if (training, scoring) == ("plain", "raw") else f"SIR+{training}/{scoring}"
-                        row = {"model": model, "setting": setting, "shot": "1", "dataset": name, "seed": seed}
+                        row = {"model": model, "setting": setting, "shot": "1-shot", "dataset": name, "seed": seed}
                         for split, dataset in splits.items():
-                            row[f"{split}_AUROC" if split == "val" else "AUROC"] = rank_auroc(
+                            row["val_image_AUROC" if split == "val" else "image_AUROC"] = rank_auroc(
                                 by_split[split], labels_of(dataset)
                             )
                         rows.append({**row, "train_s": seconds, "status": "ok"})
-                    print(seed, training, setting, name, {r["model"]: round(r["val_AUROC"], 3) for r in rows[-4:]})
+                    latest = {r["model"]: round(r["val_image_AUROC"], 3) for r in rows[-len(scores) :]}
+                    print(seed, training, setting, name, latest)
     return rows
 
 
 def summary(results: pd.DataFrame) -> str:
     """Markdown: per setting and model, mean val/test over datasets (± over draws), and per dataset val."""
-    per_seed = results.groupby(["setting", "model", "seed"], sort=False)[["val_AUROC", "AUROC"]].mean()
+    per_seed = results.groupby(["setting", "model", "seed"], sort=False)[["val_image_AUROC", "image_AUROC"]].mean()
     lines = ["| setting | model | mean val | mean test | draws |", "|---|---|---|---|---|"]
     for (setting, model), group in per_seed.groupby(level=["setting", "model"], sort=False):
         lines.append(
-            f"| {setting} | {model} | {group.val_AUROC.mean():.3f} ± {group.val_AUROC.std(ddof=0):.3f} "
-            f"| {group.AUROC.mean():.3f} ± {group.AUROC.std(ddof=0):.3f} | {len(group)} |"
+            f"| {setting} | {model} | {group.val_image_AUROC.mean():.3f} ± {group.val_image_AUROC.std(ddof=0):.3f} "
+            f"| {group.image_AUROC.mean():.3f} ± {group.image_AUROC.std(ddof=0):.3f} | {len(group)} |"
         )
-    table = results.pivot_table(index=["setting", "model"], columns="dataset", values="val_AUROC", sort=False)
+    table = results.pivot_table(index=["setting", "model"], columns="dataset", values="val_image_AUROC", sort=False)
     return "\n".join(lines) + "\n\nValidation AUROC per dataset (mean over draws):\n\n" + table.round(3).to_markdown()
 
 
