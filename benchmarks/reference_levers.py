@@ -15,7 +15,12 @@ from the dataset's own training normal (``Sir.domain_views``: the image and seed
 * ``own-z``: the per-pixel z-map of the reference views' error maps, the dataset's own statistics (in the
   universal model: not pooled over datasets, the failure of the pooled z-map lever);
 * ``own-corr+z``: what ``Sir.add_domain`` fits (affine correction of the reconstruction + z-map);
-* ``own-|z|``: the two-sided z-map (places reconstructed much *better* than in the reference count too).
+* ``own-|z|``: the two-sided z-map (places reconstructed much *better* than in the reference count too);
+* ``global``: no map at all: the cosine distance of the image's style descriptor (per-channel mean and spread
+  of every teacher scale, the domain prototype's descriptor) to the reference views' mean descriptor
+  (global changes such as blur or diffuse opacity, which a reconstruction reproduces well);
+* ``raw+global``, ``own-z+global``: the map score plus ``global``, each in units of the reference views' own
+  scores (mean 0, spread 1 over the views): a fusion with no weight to choose.
 
 Validation chooses (``benchmarks/adoption_rule.py`` reads ``results.csv``: the ``model`` column is
 ``SIR`` for the baseline and ``SIR+<training>/<scoring>`` otherwise); test is reported.
@@ -25,7 +30,7 @@ Validation chooses (``benchmarks/adoption_rule.py`` reads ``results.csv``: the `
 
 Example:
     >>> [s.name for s in SCORINGS]
-    ['raw', 'own-z', 'own-corr+z', 'own-|z|']
+    ['raw', 'own-z', 'own-corr+z', 'own-|z|', 'global', 'raw+global', 'own-z+global']
 
 """
 
@@ -57,8 +62,9 @@ class Scoring:
     """One way of scoring a dataset with a trained model and the dataset's own reference views."""
 
     name: str
-    variant: Variant
+    variant: Variant | None
     two_sided: bool = False
+    global_term: bool = False
 
 
 SCORINGS = (
@@ -66,6 +72,9 @@ SCORINGS = (
     Scoring("own-z", Variant("z", ridge=None)),
     Scoring("own-corr+z", Variant("corr+z")),
     Scoring("own-|z|", Variant("z", ridge=None), two_sided=True),
+    Scoring("global", None),
+    Scoring("raw+global", Variant("raw", ridge=None, normalise="none"), global_term=True),
+    Scoring("own-z+global", Variant("z", ridge=None), global_term=True),
 )
 TRAININGS = ("plain", "repair")
 
@@ -118,13 +127,38 @@ def scorings_of(sir: Sir, references: list[torch.Tensor], splits: dict[str, list
     size = next(iter(prepared.values())).shape[-2:]
     query = {s: model.features_and_reconstruction(x) for s, x in prepared.items()}
     views = model.features_and_reconstruction(sir.domain_views(references))
+    query[VIEWS] = views
+    distances = global_distances(views, query)
     out = {}
     for scoring in SCORINGS:
         if scoring.two_sided:
-            out[scoring.name] = two_sided_scores(generator, views, query, size)
+            scores = two_sided_scores(generator, views, query, size)
+        elif scoring.variant is None:
+            scores = distances
         else:
-            out[scoring.name] = variant_scores(generator, scoring.variant, views, query, size)
+            scores = variant_scores(generator, scoring.variant, views, query, size)
+        if scoring.global_term:
+            scores = {s: standardized(scores, s) + standardized(distances, s) for s in scores}
+        out[scoring.name] = {s: v for s, v in scores.items() if s != VIEWS}
     return out
+
+
+#: The reference views' own scores travel with the query splits under this key (they scale the fusions).
+VIEWS = "views"
+
+
+def global_distances(views, query: dict) -> dict:
+    """Cosine distance of each image's :func:`domain_descriptor` to the reference views' prototype."""
+    from anomalib_sir.models.sir.domains import domain_descriptor
+
+    prototype = torch.nn.functional.normalize(domain_descriptor(views[0]).mean(dim=0, keepdim=True), dim=1)
+    return {s: 1 - (domain_descriptor(f) @ prototype.T).squeeze(1) for s, (f, _) in query.items()}
+
+
+def standardized(scores: dict, split: str) -> torch.Tensor:
+    """Scores of ``split`` in units of the reference views' own scores (mean 0, spread 1 on the views)."""
+    reference = scores[VIEWS]
+    return (scores[split] - reference.mean()) / (reference.std() + 1e-12)
 
 
 def two_sided_scores(generator, views, query: dict, size) -> dict:
@@ -142,11 +176,11 @@ def model_spec(config: BenchmarkConfig, training: str):
     return spec if training == "plain" else replace(spec, class_path="reference_levers.RepairSir")
 
 
-def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]) -> list[dict]:
-    """Every training x setting x dataset x scoring row of one reference draw."""
+def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str], trainings: list[str]) -> list[dict]:
+    """Every training x setting x dataset x scoring row of one reference draw (models saved under ``work``)."""
     names = list(config.datasets)
     rows = []
-    for training in TRAININGS:
+    for training in trainings:
         config.models[f"SIR/{training}"] = model_spec(config, training)
         for setting in settings:
             groups = [names] if setting == "universal" else [[n] for n in names]
@@ -155,6 +189,7 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
                 for m in members:
                     m.setup()
                 sir, seconds = train(config, f"SIR/{training}", members, seed, work / f"{training}_{setting}", 1)
+                torch.save(sir.state_dict(), work / f"{training}_{setting}_{'+'.join(group)}.pt")
                 for name, data in zip(group, members, strict=True):
                     splits = {"val": data.val_data, "test": data.test_data}
                     images = {s: raw_images(d) for s, d in splits.items()}
@@ -198,6 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[])
     parser.add_argument("--settings", nargs="+", default=["universal", "specialized"])
+    parser.add_argument("--trainings", nargs="+", default=list(TRAININGS), choices=TRAININGS)
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier outputs of this script")
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -209,7 +245,7 @@ def main(argv=None) -> int:
     rows = [row for run in args.merge for row in pd.read_csv(run / "results.csv").to_dict("records")]
     for seed in args.seeds:
         start = time.perf_counter()
-        rows += run_seed(config, seed, output / "work" / f"seed{seed}", args.settings)
+        rows += run_seed(config, seed, output / "work" / f"seed{seed}", args.settings, args.trainings)
         print(f"seed {seed}: {time.perf_counter() - start:.0f} s")
         write(output, args, pd.DataFrame(rows))
     write(output, args, pd.DataFrame(rows))
