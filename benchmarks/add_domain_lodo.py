@@ -108,6 +108,7 @@ def train(config: BenchmarkConfig, model_name: str, members: list, seed: int, wo
     spec = config.models[model_name]
     datamodule = members[0] if len(members) == 1 else UniversalDataModule(members, seed=seed, num_workers=0)
     datamodule.train_batch_size = int(spec.train_batch_size or config.train_batch_size)
+    lightning.seed_everything(seed, workers=True, verbose=False)  # before the model: its initial weights too
     model = build_model(spec, config.image_size, config.backbone, shot)
     engine = Engine(
         default_root_dir=work_dir,
@@ -121,7 +122,6 @@ def train(config: BenchmarkConfig, model_name: str, members: list, seed: int, wo
         num_sanity_val_steps=0,
         **dict(spec.trainer),
     )
-    lightning.seed_everything(seed, verbose=False)
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     return model.eval(), time.perf_counter() - start

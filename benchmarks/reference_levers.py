@@ -120,10 +120,9 @@ class RepairSir(Sir):
 
 
 @torch.no_grad()
-def scorings_of(sir: Sir, references: list[torch.Tensor], splits: dict[str, list[torch.Tensor]]) -> dict:
-    """``{scoring: {split: scores}}`` of one dataset's splits, from its ``references``."""
+def scorings_of(sir: Sir, references: list[torch.Tensor], prepared: dict[str, torch.Tensor]) -> dict:
+    """``{scoring: {split: scores}}`` of one dataset's pre-processed splits, from its ``references``."""
     model, generator = sir.model, sir.model.anomaly_map_generator
-    prepared = {s: torch.cat([sir.pre_processor.transform(i.unsqueeze(0)) for i in imgs]) for s, imgs in splits.items()}
     size = next(iter(prepared.values())).shape[-2:]
     query = {s: model.features_and_reconstruction(x) for s, x in prepared.items()}
     views = model.features_and_reconstruction(sir.domain_views(references))
@@ -170,6 +169,19 @@ def two_sided_scores(generator, views, query: dict, size) -> dict:
     return {s: generator.score(z_map(generator(f, r, size), mean, std).abs()) for s, (f, r) in query.items()}
 
 
+_PREPARED: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def prepared_splits(sir: Sir, name: str, splits: dict) -> dict[str, torch.Tensor]:
+    """Pre-processed validation/test images of dataset ``name``, read once (the same in every draw)."""
+    if name not in _PREPARED:
+        transform = sir.pre_processor.transform
+        _PREPARED[name] = {
+            s: torch.cat([transform(image.unsqueeze(0)) for image in raw_images(d)]) for s, d in splits.items()
+        }
+    return _PREPARED[name]
+
+
 def model_spec(config: BenchmarkConfig, training: str):
     """Return the grid's SIR spec, with the repair-trained class for ``training == "repair"``."""
     spec = config.models["SIR"]
@@ -192,8 +204,7 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
                 torch.save(sir.state_dict(), work / f"{training}_{setting}_{'+'.join(group)}.pt")
                 for name, data in zip(group, members, strict=True):
                     splits = {"val": data.val_data, "test": data.test_data}
-                    images = {s: raw_images(d) for s, d in splits.items()}
-                    scores = scorings_of(sir, raw_images(data.train_data), images)
+                    scores = scorings_of(sir, raw_images(data.train_data), prepared_splits(sir, name, splits))
                     for scoring, by_split in scores.items():
                         model = "SIR" if (training, scoring) == ("plain", "raw") else f"SIR+{training}/{scoring}"
                         row = {"model": model, "setting": setting, "shot": "1-shot", "dataset": name, "seed": seed}
