@@ -19,18 +19,19 @@ from the dataset's own training normal (``Sir.domain_views``: the image and seed
 * ``global``: no map at all: the cosine distance of the image's style descriptor (per-channel mean and spread
   of every teacher scale, the domain prototype's descriptor) to the reference views' mean descriptor
   (global changes such as blur or diffuse opacity, which a reconstruction reproduces well);
-* ``raw+global``, ``own-z+global``: the map score plus ``global``, each in units of the reference views' own
-  scores (mean 0, spread 1 over the views): a fusion with no weight to choose.
+* ``raw+global``, ``own-z+global``, ``own-corr+z+global``: the map score plus ``global``, each in units of
+  the reference views' own scores (mean 0, spread 1 over the views): a fusion with no weight to choose.
 
 Validation chooses (``benchmarks/adoption_rule.py`` reads ``results.csv``: the ``model`` column is
 ``SIR`` for the baseline and ``SIR+<training>/<scoring>`` otherwise); test is reported.
 
     python benchmarks/reference_levers.py configs/benchmark.yaml --seeds 0 1 2 3 4 --output OUT
     python benchmarks/reference_levers.py configs/benchmark.yaml --merge OUT_A OUT_B --output OUT  # one table
+    python benchmarks/reference_levers.py configs/benchmark.yaml --rescore OUT_A --output OUT  # saved models
 
 Example:
     >>> [s.name for s in SCORINGS]
-    ['raw', 'own-z', 'own-corr+z', 'own-|z|', 'global', 'raw+global', 'own-z+global']
+    ['raw', 'own-z', 'own-corr+z', 'own-|z|', 'global', 'raw+global', 'own-z+global', 'own-corr+z+global']
 
 """
 
@@ -49,6 +50,7 @@ import torch
 from anomalib_sir import Sir
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
+from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
 from anomalib_sir.deploy.predict import fresh_directory
 
@@ -75,6 +77,7 @@ SCORINGS = (
     Scoring("global", None),
     Scoring("raw+global", Variant("raw", ridge=None, normalise="none"), global_term=True),
     Scoring("own-z+global", Variant("z", ridge=None), global_term=True),
+    Scoring("own-corr+z+global", Variant("corr+z"), global_term=True),
 )
 TRAININGS = ("plain", "repair")
 
@@ -190,31 +193,57 @@ def model_spec(config: BenchmarkConfig, training: str):
 
 def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str], trainings: list[str]) -> list[dict]:
     """Every training x setting x dataset x scoring row of one reference draw (models saved under ``work``)."""
-    names = list(config.datasets)
     rows = []
     for training in trainings:
         config.models[f"SIR/{training}"] = model_spec(config, training)
         for setting in settings:
-            groups = [names] if setting == "universal" else [[n] for n in names]
-            for group in groups:
+            for group in groups_of(config, setting):
                 members = [member_datamodule(config, n, 1, seed) for n in group]
                 for m in members:
                     m.setup()
                 sir, seconds = train(config, f"SIR/{training}", members, seed, work / f"{training}_{setting}", 1)
                 torch.save(sir.state_dict(), work / f"{training}_{setting}_{'+'.join(group)}.pt")
-                for name, data in zip(group, members, strict=True):
-                    splits = {"val": data.val_data, "test": data.test_data}
-                    scores = scorings_of(sir, raw_images(data.train_data), prepared_splits(sir, name, splits))
-                    for scoring, by_split in scores.items():
-                        model = "SIR" if (training, scoring) == ("plain", "raw") else f"SIR+{training}/{scoring}"
-                        row = {"model": model, "setting": setting, "shot": "1-shot", "dataset": name, "seed": seed}
-                        for split, dataset in splits.items():
-                            row["val_image_AUROC" if split == "val" else "image_AUROC"] = rank_auroc(
-                                by_split[split], labels_of(dataset)
-                            )
-                        rows.append({**row, "train_s": seconds, "status": "ok"})
-                    latest = {r["model"]: round(r["val_image_AUROC"], 3) for r in rows[-len(scores) :]}
-                    print(seed, training, setting, name, latest)
+                rows += score_model(sir, members, seed, training, setting, seconds)
+    return rows
+
+
+def rescore(config: BenchmarkConfig, run: Path) -> list[dict]:
+    """Score every model a run saved with today's ``SCORINGS`` (no training; ``train_s`` from the run)."""
+    seconds = pd.read_csv(run / "results.csv").groupby(["seed", "setting", "dataset"]).train_s.first()
+    rows = []
+    for path in sorted(run.glob("work/seed*/*.pt")):
+        seed = int(path.parent.name.removeprefix("seed"))
+        training, setting, joined = path.stem.split("_", 2)
+        group = joined.split("+")
+        sir = build_model(model_spec(config, training), config.image_size, config.backbone, 1)
+        sir.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        members = [member_datamodule(config, n, 1, seed) for n in group]
+        for m in members:
+            m.setup()
+        rows += score_model(sir.eval(), members, seed, training, setting, seconds.get((seed, setting, group[0])))
+    return rows
+
+
+def groups_of(config: BenchmarkConfig, setting: str) -> list[list[str]]:
+    """Return the training groups of a setting: all datasets together (universal) or each alone (specialised)."""
+    names = list(config.datasets)
+    return [names] if setting == "universal" else [[n] for n in names]
+
+
+def score_model(sir: Sir, members: list, seed: int, training: str, setting: str, seconds) -> list[dict]:
+    """Return one trained model's rows: each member dataset scored every way, from its own training normal."""
+    rows = []
+    for data in members:
+        splits = {"val": data.val_data, "test": data.test_data}
+        scores = scorings_of(sir, raw_images(data.train_data), prepared_splits(sir, data.name, splits))
+        for scoring, by_split in scores.items():
+            model = "SIR" if (training, scoring) == ("plain", "raw") else f"SIR+{training}/{scoring}"
+            row = {"model": model, "setting": setting, "shot": "1-shot", "dataset": data.name, "seed": seed}
+            row["val_image_AUROC"] = rank_auroc(by_split["val"], labels_of(splits["val"]))
+            row["image_AUROC"] = rank_auroc(by_split["test"], labels_of(splits["test"]))
+            rows.append({**row, "train_s": seconds, "status": "ok"})
+        latest = {r["model"]: round(r["val_image_AUROC"], 3) for r in rows[-len(scores) :]}
+        print(seed, training, setting, data.name, latest)
     return rows
 
 
@@ -246,6 +275,7 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", nargs="+", default=["universal", "specialized"])
     parser.add_argument("--trainings", nargs="+", default=list(TRAININGS), choices=TRAININGS)
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier outputs of this script")
+    parser.add_argument("--rescore", type=Path, nargs="+", default=[], help="outputs whose saved models to re-score")
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -254,6 +284,7 @@ def main(argv=None) -> int:
     config = BenchmarkConfig.from_yaml(args.config)
     output = fresh_directory(args.output)
     rows = [row for run in args.merge for row in pd.read_csv(run / "results.csv").to_dict("records")]
+    rows += [row for run in args.rescore for row in rescore(config, run)]
     for seed in args.seeds:
         start = time.perf_counter()
         rows += run_seed(config, seed, output / "work" / f"seed{seed}", args.settings, args.trainings)
