@@ -4,6 +4,8 @@ For every reference draw (``--seeds``) this trains the grid's ``SIR`` one-shot, 
 dataset's training normal) and specialised (one model per dataset), each in two ways:
 
 * ``plain``: ``Sir()`` as shipped;
+* ``fine-shallow``: teacher resolution per stage: the shallow stage from a ``FINE_IMAGE_SIZE`` input, the
+  deeper one from the grid's ``image_size`` (finer maps for small lesions; the decoder's grid is unchanged);
 * ``repair``: repair training, per view with probability ``REPAIR_PROBABILITY`` one box (10-40 % of the side)
   blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being the
   teacher features of the *clean* view (the lever of docs/ablations.md, issue 19).
@@ -40,12 +42,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import types
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from anomalib_sir import Sir
 from anomalib_sir.benchmark.config import BenchmarkConfig
@@ -53,6 +57,7 @@ from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
 from anomalib_sir.deploy.predict import fresh_directory
+from anomalib_sir.models.sir.torch_model import standardize_images
 
 sys.path.insert(0, str(Path(__file__).parent))
 from add_domain_lodo import labels_of, raw_images, train
@@ -79,7 +84,9 @@ SCORINGS = (
     Scoring("own-z+global", Variant("z", ridge=None), global_term=True),
     Scoring("own-corr+z+global", Variant("corr+z"), global_term=True),
 )
-TRAININGS = ("plain", "repair")
+TRAININGS = ("plain", "repair", "fine-shallow")
+#: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
+FINE_IMAGE_SIZE = 256
 
 
 class RepairSir(Sir):
@@ -177,18 +184,45 @@ _PREPARED: dict[str, dict[str, torch.Tensor]] = {}
 
 def prepared_splits(sir: Sir, name: str, splits: dict) -> dict[str, torch.Tensor]:
     """Pre-processed validation/test images of dataset ``name``, read once (the same in every draw)."""
-    if name not in _PREPARED:
+    key = f"{name}@{tuple(sir.input_size)}"
+    if key not in _PREPARED:
         transform = sir.pre_processor.transform
-        _PREPARED[name] = {
+        _PREPARED[key] = {
             s: torch.cat([transform(image.unsqueeze(0)) for image in raw_images(d)]) for s, d in splits.items()
         }
-    return _PREPARED[name]
+    return _PREPARED[key]
+
+
+class FineShallowSir(Sir):
+    """``Sir`` whose shallowest teacher stage sees the image at ``FINE_IMAGE_SIZE``, the deeper ones at half that.
+
+    The pre-processor resizes to ``FINE_IMAGE_SIZE``; the deeper stages come from a 2x downsampled copy, so
+    the fused map and the decoder keep the grid's size and only the shallow stage (and the map) gets finer.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model.extract_features = types.MethodType(_fine_shallow_features, self.model)
+
+
+def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
+    with torch.no_grad():
+        images = standardize_images(images)
+        coarse = F.interpolate(images, scale_factor=0.5, mode="bilinear", antialias=True, align_corners=False)
+        fine_features, coarse_features = model.teacher(images), model.teacher(coarse)
+        return [fine_features[0].float(), *(f.float() for f in coarse_features[1:])]
 
 
 def model_spec(config: BenchmarkConfig, training: str):
-    """Return the grid's SIR spec, with the repair-trained class for ``training == "repair"``."""
+    """Return the grid's SIR spec, with the class of ``training`` (``plain``: ``Sir`` itself)."""
     spec = config.models["SIR"]
-    return spec if training == "plain" else replace(spec, class_path="reference_levers.RepairSir")
+    classes = {"repair": "RepairSir", "fine-shallow": "FineShallowSir"}
+    return spec if training == "plain" else replace(spec, class_path=f"reference_levers.{classes[training]}")
+
+
+def grid_of(config: BenchmarkConfig, training: str) -> BenchmarkConfig:
+    """Return the grid as ``training`` trains and scores it (``fine-shallow``: images at ``FINE_IMAGE_SIZE``)."""
+    return replace(config, image_size=FINE_IMAGE_SIZE) if training == "fine-shallow" else config
 
 
 def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str], trainings: list[str]) -> list[dict]:
@@ -201,7 +235,8 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
                 members = [member_datamodule(config, n, 1, seed) for n in group]
                 for m in members:
                     m.setup()
-                sir, seconds = train(config, f"SIR/{training}", members, seed, work / f"{training}_{setting}", 1)
+                grid = grid_of(config, training)
+                sir, seconds = train(grid, f"SIR/{training}", members, seed, work / f"{training}_{setting}", 1)
                 torch.save(sir.state_dict(), work / f"{training}_{setting}_{'+'.join(group)}.pt")
                 rows += score_model(sir, members, seed, training, setting, seconds)
     return rows
@@ -215,7 +250,7 @@ def rescore(config: BenchmarkConfig, run: Path) -> list[dict]:
         seed = int(path.parent.name.removeprefix("seed"))
         training, setting, joined = path.stem.split("_", 2)
         group = joined.split("+")
-        sir = build_model(model_spec(config, training), config.image_size, config.backbone, 1)
+        sir = build_model(model_spec(config, training), grid_of(config, training).image_size, config.backbone, 1)
         sir.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         members = [member_datamodule(config, n, 1, seed) for n in group]
         for m in members:
