@@ -35,6 +35,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import lightning
@@ -125,6 +126,21 @@ def train(config: BenchmarkConfig, model_name: str, members: list, seed: int, wo
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     return model.eval(), time.perf_counter() - start
+
+
+def committed_protocol(spec):
+    """Return the SIR spec of the committed LODO run: no repair training, no training domains.
+
+    Issue 19's levers came later. This benchmark registers every training dataset itself (``add_domain``), so
+    a base model must not bring its own training domains; repair is pinned off to regenerate the committed run.
+
+    Example:
+        >>> from anomalib_sir.benchmark.config import ModelSpec
+        >>> committed_protocol(ModelSpec("anomalib_sir.Sir", {"width": 64})).init_args
+        {'width': 64, 'repair': False, 'training_domains': False}
+
+    """
+    return replace(spec, init_args={**spec.init_args, "repair": False, "training_domains": False})
 
 
 def auroc_row(seed, held_out, k, method, scores_val, scores_test, val, test, seconds) -> dict:
@@ -380,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     config = BenchmarkConfig.from_yaml(args.config)
+    config.models["SIR"] = committed_protocol(config.models["SIR"])
     output = fresh_directory(args.output)
     if args.rescore:
         results, trained = rescore(config, args.rescore, args.shots)

@@ -1,14 +1,14 @@
 r"""Issue 19 levers that use the reference normal itself: per-dataset error statistics, repair training.
 
 For every reference draw (``--seeds``) this trains the grid's ``SIR`` one-shot, universal (one model on every
-dataset's training normal) and specialised (one model per dataset), each in two ways:
+dataset's training normal) and specialised (one model per dataset), each in three ways:
 
-* ``plain``: ``Sir()`` as shipped;
+* ``plain``: ``Sir(repair=False)`` (``Sir()`` before issue 19's levers were adopted);
 * ``fine-shallow``: teacher resolution per stage: the shallow stage from a ``FINE_IMAGE_SIZE`` input, the
   deeper one from the grid's ``image_size`` (finer maps for small lesions; the decoder's grid is unchanged);
-* ``repair``: repair training, per view with probability ``REPAIR_PROBABILITY`` one box (10-40 % of the side)
-  blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being the
-  teacher features of the *clean* view (the lever of docs/ablations.md, issue 19).
+* ``repair``: ``Sir(repair=True)``: per view with probability ``Sir.REPAIR_PROBABILITY`` one box (10-40 % of
+  the side) blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being
+  the teacher features of the *clean* view (:mod:`anomalib_sir.models.sir.repair`).
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -87,46 +87,6 @@ SCORINGS = (
 TRAININGS = ("plain", "repair", "fine-shallow")
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
-
-
-class RepairSir(Sir):
-    """``Sir`` trained to reconstruct the clean view's teacher features from a locally corrupted view."""
-
-    REPAIR_PROBABILITY = 0.5
-    REPAIR_SIZE = (0.1, 0.4)
-    REPAIR_ALPHA = (0.3, 1.0)
-    REPAIR_GAIN = 0.5
-
-    def training_step(self, batch, *args, **kwargs):
-        """Cosine loss between the clean views' teacher features and the corrupted views' reconstructions."""
-        del args, kwargs
-        views = self._augment(batch.image)
-        output = self.model(self.corrupt(views))
-        loss = self.loss(self.model.extract_features(views), output.reconstructions)
-        self.log("train_loss", loss.item(), on_epoch=True, logger=False, batch_size=len(views))
-        return {"loss": loss}
-
-    def corrupt(self, views: torch.Tensor) -> torch.Tensor:
-        """Per view with ``REPAIR_PROBABILITY``: one box blended with another view's box, or contrast-shifted."""
-        out = views.clone()
-        donors = self._augment(views.roll(1, dims=0))
-        height, width = views.shape[-2:]
-        for i in range(len(views)):
-            if torch.rand(()) >= self.REPAIR_PROBABILITY:
-                continue
-            side = torch.empty(2).uniform_(*self.REPAIR_SIZE)
-            h, w = max(2, int(side[0] * height)), max(2, int(side[1] * width))
-            top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
-            box = out[i, :, top : top + h, left : left + w]
-            if torch.rand(()) < 0.5:
-                alpha = float(torch.empty(()).uniform_(*self.REPAIR_ALPHA))
-                dt, dl = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
-                box.mul_(1 - alpha).add_(alpha * donors[i, :, dt : dt + h, dl : dl + w])
-            else:
-                gain = float(torch.empty(()).uniform_(1 - self.REPAIR_GAIN, 1 + self.REPAIR_GAIN))
-                mean = box.mean()
-                box.sub_(mean).mul_(gain).add_(mean + float(torch.empty(()).uniform_(-0.5, 0.5)))
-        return out
 
 
 @torch.no_grad()
@@ -214,10 +174,11 @@ def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def model_spec(config: BenchmarkConfig, training: str):
-    """Return the grid's SIR spec, with the class of ``training`` (``plain``: ``Sir`` itself)."""
+    """Return the grid's SIR spec as ``training`` trains it (scoring is this script's: no training domains)."""
     spec = config.models["SIR"]
-    classes = {"repair": "RepairSir", "fine-shallow": "FineShallowSir"}
-    return spec if training == "plain" else replace(spec, class_path=f"reference_levers.{classes[training]}")
+    init_args = {**spec.init_args, "repair": training == "repair", "training_domains": False}
+    class_path = "reference_levers.FineShallowSir" if training == "fine-shallow" else spec.class_path
+    return replace(spec, class_path=class_path, init_args=init_args)
 
 
 def grid_of(config: BenchmarkConfig, training: str) -> BenchmarkConfig:

@@ -41,8 +41,10 @@ def two_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimpleNam
 
 @pytest.fixture(scope="module")
 def two_domain_sir(trained_sir, two_sources):
-    """The tiny trained SIR with both generated domains registered."""
+    """The tiny trained SIR with only the two generated domains (its own training domain removed)."""
     model = copy.deepcopy(trained_sir)
+    for name in model.domain_names:
+        model.remove_domain(name)
     for source in SOURCES:
         model.add_domain(source, two_sources[source].references)
     return model.eval()
@@ -61,20 +63,42 @@ def _noise_image() -> torch.Tensor:
 
 def test_add_then_remove_a_domain_gives_back_the_plain_model(trained_sir, two_sources) -> None:
     model = copy.deepcopy(trained_sir).eval()
+    trained = model.domain_names
     images = two_sources["retina"].test
-    plain = _scores(model, images)
+    plain = _scores(model, images, domain=0)
     model.add_domain("retina", two_sources["retina"].references)
-    assert model.domain_names == ["retina"]
-    with_domain = _scores(model, images)
+    assert model.domain_names == [*trained, "retina"]
+    with_domain = _scores(model, images, domain=len(trained))
     assert with_domain.isfinite().all()
     assert not torch.allclose(with_domain, plain)  # scored against the domain's own statistics
     with pytest.raises(ValueError, match="exists already"):
         model.add_domain("retina", two_sources["retina"].references)
     model.remove_domain("retina")
-    assert model.domain_names == []
-    torch.testing.assert_close(_scores(model, images), plain)
+    assert model.domain_names == trained
+    torch.testing.assert_close(_scores(model, images, domain=0), plain)
+    for name in trained:
+        model.remove_domain(name)
     with pytest.raises(KeyError, match=r"no domain named 'ct' \(registered: none\)"):
         model.remove_domain("ct")
+
+
+def test_training_registers_its_dataset_as_a_domain_that_every_image_matches(
+    trained_sir, sir_checkpoint: Path, two_sources
+) -> None:
+    from anomalib_sir.models.sir.domains import apply_corrections
+
+    assert trained_sir.domain_names == ["demo_tiny"]  # the training datamodule's name
+    assert load_sir_checkpoint(sir_checkpoint).domain_names == ["demo_tiny"]  # the file holds it too
+    bank = trained_sir.model.domains
+    features = [torch.randn(1, c, 2, 2) for c in (bank.correction_0.shape[-1], bank.correction_1.shape[-1])]
+    corrected = apply_corrections(features, [bank.correction_0[0], bank.correction_1[0]])
+    assert all(torch.equal(a, b) for a, b in zip(corrected, features, strict=True))  # no correction: the z-map only
+    scores = _scores(trained_sir, [_noise_image(), *two_sources["histology"].test])
+    assert scores.isfinite().all()  # an image of the training domain is never "unknown"
+    model = copy.deepcopy(trained_sir)
+    model.remove_domain("demo_tiny")
+    raw = _scores(model, two_sources["retina"].test)
+    assert not torch.allclose(raw, _scores(trained_sir, two_sources["retina"].test))
 
 
 def test_images_are_routed_to_their_own_domain(two_domain_sir, two_sources) -> None:
@@ -139,7 +163,7 @@ def test_add_domain_cli_writes_a_new_checkpoint_that_keeps_its_domains(
     assert "added domain 'histology' from 4 image(s)" in capsys.readouterr().out
     assert hashlib.sha256(sir_checkpoint.read_bytes()).hexdigest() == before  # the input is never modified
     reloaded = load_sir_checkpoint(output)
-    assert reloaded.domain_names == ["histology"]
+    assert reloaded.domain_names == ["demo_tiny", "histology"]
     assert _scores(reloaded, two_sources["histology"].test).isfinite().all()
     # Never overwritten; a taken name is refused; both in one line.
     assert main([*args, "--output", str(output)]) == 2

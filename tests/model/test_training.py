@@ -103,10 +103,11 @@ def test_lightning_training_step_returns_a_differentiable_loss(demo_root: Path) 
 
 def test_sir_constructor_is_lean() -> None:
     parameters = [name for name in inspect.signature(Sir.__init__).parameters if name != "self"]
-    assert len(parameters) <= 18, parameters
+    assert len(parameters) <= 19, parameters  # 17 + the two levers issue 19 adopted (repair, training_domains)
     removed = {"shared_loops", "expansion", "blocks", "fusion_scale", "bottleneck_dropout", "bottleneck_pool"}
     removed |= {"loop_weighting", "scale_fusion", "rotation_degrees", "translate_fraction", "scale_jitter"}
     removed |= {"gamma_jitter", "elastic_alpha", "sigma", "standardize_input", "learning_rate", "weight_decay"}
+    removed |= {"foreground", "error_normalization", "repair_probability"}  # issue 19's first lever run
     assert removed.isdisjoint(parameters)
 
 
@@ -221,3 +222,38 @@ def test_a_checkpoint_of_other_model_arguments_is_refused_in_one_line() -> None:
     with pytest.raises(ValueError, match=r'other Sir arguments.*--model.image_size "\[256, 256\]" --model.width "32"'):
         model.on_load_checkpoint({"hyper_parameters": trained})
     model.on_load_checkpoint({"hyper_parameters": {**dict(model.hparams), "image_size": [64, 64]}})  # lists match
+
+
+def test_repair_training_and_training_domains_follow_the_training_data(tmp_path: Path) -> None:
+    from anomalib.engine import Engine
+
+    from anomalib_sir.data import UniversalDataModule
+    from anomalib_sir.data.demo import SirDemo
+
+    def member(source: str) -> SirDemo:
+        sizes = {"image_size": 32, "num_train": 2, "num_test_normal": 2, "num_test_abnormal": 2}
+        return SirDemo(root=tmp_path / source, source=source, num_workers=0, **sizes)
+
+    def fit(datamodule, **kwargs) -> Sir:
+        model = _small_sir(image_size=(32, 32), width=16, loops=1, pre_trained=False, **kwargs)
+        engine = Engine(
+            max_steps=2,
+            default_root_dir=tmp_path / "run",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+        )
+        engine.fit(model=model, datamodule=datamodule)
+        return model
+
+    universal = fit(UniversalDataModule([member("retina"), member("histology")], shot=1, num_workers=0))
+    assert universal._repairs  # repair=None: on for several training datasets
+    assert universal.domain_names == ["sir_demo_retina", "sir_demo_histology"]
+    single = fit(member("retina"))
+    assert not single._repairs
+    assert single.domain_names == ["sir_demo_retina"]
+    off = fit(member("retina"), repair=True, training_domains=False)
+    assert off._repairs
+    assert off.domain_names == []

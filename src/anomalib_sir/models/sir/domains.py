@@ -218,6 +218,17 @@ def fit_corrections(
     return corrections
 
 
+def identity_corrections(teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per scale, the ``(C + 1, C)`` affine map that leaves a reconstruction as it is.
+
+    Example:
+        >>> [tuple(a.shape) for a in identity_corrections([torch.randn(2, 4, 3, 3)])]
+        [(5, 4)]
+
+    """
+    return [torch.cat([torch.eye(f.shape[1]), torch.zeros(1, f.shape[1])]).to(f) for f in teacher_features]
+
+
 def apply_corrections(
     reconstruction: Sequence[torch.Tensor], corrections: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:

@@ -36,6 +36,7 @@ from anomalib_sir.pre_processing import DEFAULT_IMAGE_SIZE, TeacherPreProcessor
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, ScoreMode
 from .loss import SirLoss
+from .repair import corrupt_views
 from .torch_model import DEFAULT_LAYERS, SirModel
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             images (strengths: the class constants), so a single normal image yields many views.
         score_mode: image score, ``"max"`` or ``"topk"`` mean of the map.
         topk_ratio: fraction of pixels for ``"topk"``.
+        repair: repair training (:mod:`~anomalib_sir.models.sir.repair`): locally corrupted views are
+            reconstructed to the clean view's teacher features. ``None``: on when the training data spans
+            several datasets (a :class:`~anomalib_sir.data.UniversalDataModule` with two members or more).
+        training_domains: after training, register every training dataset as a domain from its own training
+            normals (:meth:`add_domain` with ``trained=True``): their error statistics turn the map into a
+            z-map, so what is hard to reconstruct in every view of that dataset's reference stops counting.
         knn_weight: weight of the nearest-neighbour term (distance of teacher features to a memory bank of the
             un-augmented training normals), added to the reconstruction map; ``0`` disables it (and the bank).
             The bank is fitted like anomalib's memory-bank models (:meth:`fit`, after the first epoch).
@@ -79,6 +86,8 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
     #: ``SCALE_BATCH_SIZE``, give the reconstruction term's scale (re-fitted whenever the decoder changed).
     SCALE_IMAGES = 64
     SCALE_BATCH_SIZE = 32
+    #: Repair training: the probability that a training view is corrupted (box sizes etc.: ``repair.py``).
+    REPAIR_PROBABILITY = 0.5
 
     def __init__(
         self,
@@ -91,6 +100,8 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         width: int = 128,
         noise_std: float = 0.2,
         augment: bool = True,
+        repair: bool | None = None,
+        training_domains: bool = True,
         score_mode: ScoreMode = "topk",
         topk_ratio: float = DEFAULT_TOPK_RATIO,
         knn_weight: float = 0.0,
@@ -120,6 +131,11 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         )
         self.loss = SirLoss()
         self.augmentation = self.configure_augmentation() if augment else None
+        self.repair = repair
+        self.training_domains = bool(training_domains)
+        self._repairs = bool(repair)  # decided from the training data in on_fit_start when repair is None
+        self._domain_images: dict[int, list[torch.Tensor]] = {}  # un-augmented training images per dataset
+        self._domain_step = -1  # global step the training domains were fitted at
         self._bank_images: list[torch.Tensor] = []  # un-augmented training batches until fit()
         self._scale_features: list[list[torch.Tensor]] = []  # teacher features of SCALE_IMAGES of them
         self._scale_size = torch.Size()
@@ -194,13 +210,26 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         parameters = self.model.trainable_parameters()
         return torch.optim.AdamW(parameters, lr=self.LEARNING_RATE, weight_decay=self.WEIGHT_DECAY)
 
+    def on_fit_start(self) -> None:
+        """Decide repair training from the training data (``repair=None``: on for several datasets)."""
+        names = getattr(getattr(self._trainer, "datamodule", None), "dataset_names", None) or []
+        self._repairs = self.repair if self.repair is not None else len(names) > 1
+
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Reconstruct teacher features of (augmented) normal images; minimise the cosine loss."""
+        """Reconstruct teacher features of (augmented, with repair: corrupted) normal images; cosine loss."""
         del args, kwargs
         if self.model.knn_weight > 0 and not self._is_fitted:
             self._bank_images.append(batch.image.detach())  # the first epoch: every training image once
-        output = self.model(self._augment(batch.image))
-        loss = self.loss(output.teacher_features, output.reconstructions)
+        if self.training_domains and self.current_epoch == 0:
+            self._collect_domain_images(batch)
+        views = self._augment(batch.image)
+        if self._repairs:
+            donors = self._augment(views.roll(1, dims=0))
+            output = self.model(corrupt_views(views, donors, self.REPAIR_PROBABILITY))
+            loss = self.loss(self.model.extract_features(views), output.reconstructions)
+        else:
+            output = self.model(views)
+            loss = self.loss(output.teacher_features, output.reconstructions)
         size = len(batch.image)
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=bool(self.loggers), batch_size=size)
         return {"loss": loss}
@@ -265,7 +294,10 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         """
         transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
         prepared = torch.cat([transform(image.unsqueeze(0)) if transform else image.unsqueeze(0) for image in images])
-        prepared = prepared.to(self.device)
+        return self._views_of(prepared.to(self.device), count)
+
+    def _views_of(self, prepared: torch.Tensor, count: int | None = None) -> torch.Tensor:
+        """``count`` views of pre-processed images: the images, then seeded augmented copies (:meth:`domain_views`)."""
         count = count or min(self.DOMAIN_VIEWS * len(prepared), self.MAX_DOMAIN_VIEWS)
         count = max(count, len(prepared))
         repeats = -(-count // len(prepared))
@@ -292,6 +324,30 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         lookup = {i: self.model.domains.names.index(n) for i, n in enumerate(names) if n in self.model.domains.names}
         indices = dataset_indices(datamodule, batch).tolist()
         return torch.tensor([lookup.get(i, -1) for i in indices], dtype=torch.long, device=batch.image.device)
+
+    def _collect_domain_images(self, batch: Batch) -> None:
+        """Keep the (pre-processed, un-augmented) training images of the first epoch, per training dataset."""
+        indices = dataset_indices(getattr(self._trainer, "datamodule", None), batch).tolist()
+        for image, index in zip(batch.image.detach(), indices, strict=True):
+            self._domain_images.setdefault(int(index), []).append(image)
+
+    def _training_domain_names(self) -> list[str]:
+        """Names of the training datasets (the datamodule's member names, or its name)."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return list(getattr(datamodule, "dataset_names", None) or [getattr(datamodule, "name", None) or "train"])
+
+    def _fit_training_domains(self) -> bool:
+        """(Re-)register every training dataset as a domain if the decoder trained since; ``True`` if it did."""
+        if not self._domain_images or self._domain_step == self.global_step:
+            return False
+        names = self._training_domain_names()
+        for index, images in sorted(self._domain_images.items()):
+            name = names[index] if 0 <= index < len(names) else f"dataset_{index}"
+            if name in self.model.domains.names:
+                self.model.domains.remove(name)
+            self.model.add_domain(name, self._views_of(torch.stack(images)), trained=True)
+        self._domain_step = self.global_step
+        return True
 
     # --------------------------------------------------------------------------- memory bank (knn_weight > 0)
 
@@ -326,20 +382,28 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             super().on_train_epoch_end()
 
     def on_validation_start(self) -> None:
-        """Fit the bank if validation comes first; scale the reconstruction term by the current decoder."""
+        """Fit the bank if validation comes first; fit the map's scale and the training domains to the decoder."""
         if self.model.knn_weight > 0:
             super().on_validation_start()
             self._fit_reconstruction_scale()
+        self._fit_training_domains()
 
     def on_train_end(self) -> None:
-        """Scale the terms by the final decoder (what test, predict and export use); say where the checkpoint is."""
+        """Fit everything to the final decoder (what test, predict and export use); say where the checkpoint is.
+
+        A checkpoint saved before the training domains were fitted to the final decoder is saved again, so the
+        file holds them.
+        """
         if self.model.knn_weight > 0:
             if not self._is_fitted:
                 self.fit()
             self._fit_reconstruction_scale()
+        refitted = self._fit_training_domains()
         callback = self._trainer.checkpoint_callback if self._trainer is not None else None
         path = callback and (callback.best_model_path or callback.last_model_path)
         if path:
+            if refitted and Path(path).is_file():
+                self._trainer.save_checkpoint(path)
             logger.info("Checkpoint: %s", path)
 
     def configure_callbacks(self) -> list[Callback]:

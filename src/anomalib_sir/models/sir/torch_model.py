@@ -35,7 +35,14 @@ from anomalib_sir.models.coreset import QuietKCenterGreedy
 from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, Features, ScoreMode, SirAnomalyMapGenerator, Size
-from .domains import DomainBank, _resize, apply_corrections, domain_descriptor, fit_corrections
+from .domains import (
+    DomainBank,
+    _resize,
+    apply_corrections,
+    domain_descriptor,
+    fit_corrections,
+    identity_corrections,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,9 +177,15 @@ class SirModel(DynamicBufferMixin, nn.Module):
     #: dataset's prototype farther for about 80 %.
     UNKNOWN_DISTANCE = 0.07
 
+    #: Cosine distance between domain descriptors is at most 2: a trained domain's radius, which every image matches.
+    TRAINED_DOMAIN_RADIUS = 2.0
+
     @torch.no_grad()
-    def add_domain(self, name: str, views: torch.Tensor) -> None:
+    def add_domain(self, name: str, views: torch.Tensor, trained: bool = False) -> None:
         """Register domain ``name`` from ``(V, 3, H, W)`` pre-processed views of its reference normals.
+
+        ``trained``: a domain the decoder was trained on (its own training normals): no correction of the
+        reconstruction (the decoder fits it already), only the error statistics, and no image is "unknown" to it.
 
         Example:
             >>> model = SirModel(pre_trained=False, width=8, loops=1).eval()
@@ -185,14 +198,14 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.eval()
         with torch.inference_mode(False):
             features, reconstruction = self.features_and_reconstruction(views)
-            corrections = fit_corrections(features, reconstruction)
+            corrections = identity_corrections(features) if trained else fit_corrections(features, reconstruction)
             self.domains.add(
                 name,
                 domain_descriptor(features),
                 corrections,
                 self.raw_anomaly_map(features, apply_corrections(reconstruction, corrections), views.shape[-2:]),
                 score=self.anomaly_map_generator.score,
-                radius_floor=self.UNKNOWN_DISTANCE,
+                radius_floor=self.TRAINED_DOMAIN_RADIUS if trained else self.UNKNOWN_DISTANCE,
             )
         self.train(was_training)
 
