@@ -261,7 +261,11 @@ def z_map(anomaly_map: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
     """
     floor = SPREAD_FLOOR * std.flatten(1).mean(dim=1).view(-1, 1, 1, 1)
-    return (anomaly_map - mean) / (std + floor + 1e-6)
+    # map - mean as a weighted sum over [map, mean] (exact): OpenVINO 2026.4 runs the plain subtraction of a
+    # domain's statistics wrongly at batch size 1 (a constant score; tests/deploy/test_domains.py checks it)
+    both = torch.cat([anomaly_map, mean.expand_as(anomaly_map)], dim=1)
+    difference = (both * torch.tensor([1.0, -1.0], dtype=both.dtype).view(1, 2, 1, 1)).sum(dim=1, keepdim=True)
+    return difference / (std + floor + 1e-6)
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
