@@ -128,6 +128,19 @@ def train(config: BenchmarkConfig, model_name: str, members: list, seed: int, wo
     return model.eval(), time.perf_counter() - start
 
 
+def open_run(args: argparse.Namespace) -> tuple[BenchmarkConfig, Path]:
+    """Start a domain benchmark: quiet logs, ``--threads``, the grid ``config``, a new ``--output`` folder."""
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    return BenchmarkConfig.from_yaml(args.config), fresh_directory(args.output)
+
+
+def merged_rows(runs: Sequence[Path]) -> list[dict]:
+    """Return the ``results.csv`` rows of earlier runs (``--merge``), in order."""
+    return [row for run in runs for row in pd.read_csv(run / "results.csv").to_dict("records")]
+
+
 def committed_protocol(spec):
     """Return the SIR spec of the committed LODO run: no repair training, no training domains.
 
@@ -392,12 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rescore", type=Path, help="earlier run folder: recompute its add_domain rows only")
     parser.add_argument("--merge", type=Path, nargs="+", help="earlier run folders (other seeds): one summary of all")
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(args.threads)
-    config = BenchmarkConfig.from_yaml(args.config)
+    config, output = open_run(args)
     config.models["SIR"] = committed_protocol(config.models["SIR"])
-    output = fresh_directory(args.output)
     if args.rescore:
         results, trained = rescore(config, args.rescore, args.shots)
         write_outputs(output, args, results, pd.read_csv(args.rescore / "routing.csv"), trained)

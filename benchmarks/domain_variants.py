@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,15 +40,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
-from anomalib_sir.deploy.predict import fresh_directory
 from anomalib_sir.models.sir.domains import apply_corrections, fit_corrections, z_map
 
 sys.path.insert(0, str(Path(__file__).parent))
-from add_domain_lodo import labels_of, raw_images
+from add_domain_lodo import labels_of, merged_rows, open_run, raw_images
 
 #: The design every variant is compared with (the first shipped one: 32 views in all).
 BASELINE = "corr+z"
@@ -221,11 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    config = BenchmarkConfig.from_yaml(args.config)
-    output = fresh_directory(args.output)
-    rows = [row for run in args.merge for row in pd.read_csv(run / "results.csv").to_dict("records")]
+    config, output = open_run(args)
+    rows = merged_rows(args.merge)
     if rows:
         write_summary(output, args, pd.DataFrame(rows))
     for run in args.runs:

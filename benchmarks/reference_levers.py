@@ -43,7 +43,6 @@ import argparse
 import sys
 import time
 import types
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,11 +55,10 @@ from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
-from anomalib_sir.deploy.predict import fresh_directory
 from anomalib_sir.models.sir.torch_model import standardize_images
 
 sys.path.insert(0, str(Path(__file__).parent))
-from add_domain_lodo import labels_of, raw_images, train
+from add_domain_lodo import labels_of, merged_rows, open_run, raw_images, train
 from domain_variants import Variant, variant_scores
 
 
@@ -295,11 +293,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
-    config = BenchmarkConfig.from_yaml(args.config)
-    output = fresh_directory(args.output)
-    rows = [row for run in args.merge for row in pd.read_csv(run / "results.csv").to_dict("records")]
+    config, output = open_run(args)
+    rows = merged_rows(args.merge)
     rows += [row for run in args.rescore for row in rescore(config, run)]
     for seed in args.seeds:
         start = time.perf_counter()
