@@ -59,7 +59,7 @@ from anomalib_sir.models.sir.torch_model import standardize_images
 
 sys.path.insert(0, str(Path(__file__).parent))
 from add_domain_lodo import labels_of, merged_rows, open_run, raw_images, train
-from domain_variants import Variant, variant_scores
+from domain_variants import Variant, normalised, variant_scores
 
 
 @dataclass(frozen=True)
@@ -130,11 +130,9 @@ def standardized(scores: dict, split: str) -> torch.Tensor:
 
 def two_sided_scores(generator, views, query: dict, size) -> dict:
     """Top-k of ``|z|``: the reference views' per-pixel z-map, deviations in both directions."""
-    from anomalib_sir.models.sir.domains import z_map
-
     reference = generator(*views, size)
-    mean, std = reference.mean(dim=0, keepdim=True), reference.std(dim=0, keepdim=True)
-    return {s: generator.score(z_map(generator(f, r, size), mean, std).abs()) for s, (f, r) in query.items()}
+    z_maps = {s: normalised(generator(f, r, size), reference, "pixel") for s, (f, r) in query.items()}
+    return {s: generator.score(z.abs()) for s, z in z_maps.items()}
 
 
 _PREPARED: dict[str, dict[str, torch.Tensor]] = {}

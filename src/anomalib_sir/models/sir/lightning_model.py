@@ -212,8 +212,7 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
 
     def on_fit_start(self) -> None:
         """Decide repair training from the training data (``repair=None``: on for several datasets)."""
-        names = getattr(getattr(self._trainer, "datamodule", None), "dataset_names", None) or []
-        self._repairs = self.repair if self.repair is not None else len(names) > 1
+        self._repairs = self.repair if self.repair is not None else len(self._dataset_names()) > 1
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct teacher features of (augmented, with repair: corrupted) normal images; cosine loss."""
@@ -319,10 +318,9 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         """Domain index of every image whose dataset (from the datamodule) is a registered domain, else ``-1``."""
         if not len(self.model.domains) or self._trainer is None:
             return None
-        datamodule = getattr(self._trainer, "datamodule", None)
-        names = getattr(datamodule, "dataset_names", None) or [getattr(datamodule, "name", None)]
+        names = self._dataset_names()
         lookup = {i: self.model.domains.names.index(n) for i, n in enumerate(names) if n in self.model.domains.names}
-        indices = dataset_indices(datamodule, batch).tolist()
+        indices = dataset_indices(getattr(self._trainer, "datamodule", None), batch).tolist()
         return torch.tensor([lookup.get(i, -1) for i in indices], dtype=torch.long, device=batch.image.device)
 
     def _collect_domain_images(self, batch: Batch) -> None:
@@ -331,18 +329,18 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         for image, index in zip(batch.image.detach(), indices, strict=True):
             self._domain_images.setdefault(int(index), []).append(image)
 
-    def _training_domain_names(self) -> list[str]:
-        """Names of the training datasets (the datamodule's member names, or its name)."""
+    def _dataset_names(self) -> list[str | None]:
+        """Return the datamodule's dataset names by dataset index: its members', else its own (``None``: none)."""
         datamodule = getattr(self._trainer, "datamodule", None)
-        return list(getattr(datamodule, "dataset_names", None) or [getattr(datamodule, "name", None) or "train"])
+        return list(getattr(datamodule, "dataset_names", None) or [getattr(datamodule, "name", None)])
 
     def _fit_training_domains(self) -> bool:
         """(Re-)register every training dataset as a domain if the decoder trained since; ``True`` if it did."""
         if not self._domain_images or self._domain_step == self.global_step:
             return False
-        names = self._training_domain_names()
+        names = self._dataset_names()
         for index, images in sorted(self._domain_images.items()):
-            name = names[index] if 0 <= index < len(names) else f"dataset_{index}"
+            name = (names[index] or "train") if 0 <= index < len(names) else f"dataset_{index}"
             if name in self.model.domains.names:
                 self.model.domains.remove(name)
             self.model.add_domain(name, self._views_of(torch.stack(images)), trained=True)
