@@ -2,12 +2,13 @@ r"""Leave-one-dataset-out benchmark of ``Sir.add_domain``: a new domain from k n
 
 For every reference draw (``--seeds``) and every dataset H of the grid in turn:
 
-1. train the universal SIR (the grid's ``SIR`` model, one-shot) on the *other* datasets;
-2. register every training dataset as a domain from its own training normal, then H from ``k`` of its
-   normals (``--shots``), and score H's validation and test images against H (``add_domain``), next to the
-   same model without domains (``no_domain``: the decoder has never seen H);
-3. compare with (a) ``retrain``: the universal SIR trained with those ``k`` normals of H in the mix and
-   (b) ``patchcore``: the grid's PatchCore fitted on the same ``k`` normals of H;
+1. train the universal SIR (the grid's ``SIR`` model with ``Sir()``'s defaults, one-shot) on the *other*
+   datasets: repair training, and every training dataset a domain from its own training normal;
+2. register H from ``k`` of its normals (``--shots``), and score H's validation and test images against H
+   (``add_domain``), next to the same model without domains (``no_domain``: the decoder has never seen H);
+3. compare with (a) ``retrain``: the universal SIR trained with those ``k`` normals of H in the mix (scored
+   against H's own training domain) and (b) ``patchcore``: the grid's PatchCore fitted on the same ``k``
+   normals of H;
 4. measure routing: the fraction of all datasets' test images routed to their own domain by the nearest
    prototype, and the fraction flagged "unknown domain" — of H's images before H is added (should be high)
    and of the registered domains' own images (should be low).
@@ -35,7 +36,6 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import lightning
@@ -78,6 +78,11 @@ def scores_of(model, images: Sequence[torch.Tensor], domain: int | None = None, 
             model.model(x, domain=route).pred_score if hasattr(model, "domain_names") else model.model(x).pred_score
         )
     return torch.cat(out)
+
+
+def own_domain_scores(model, name: str, images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Scores of ``images`` against the model's domain ``name`` (explicit route, as the datamodule gives it)."""
+    return scores_of(model, images, model.domain_names.index(name))
 
 
 def with_new_domain(model, name: str, references, val_images, test_images) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -141,21 +146,6 @@ def merged_rows(runs: Sequence[Path]) -> list[dict]:
     return [row for run in runs for row in pd.read_csv(run / "results.csv").to_dict("records")]
 
 
-def committed_protocol(spec):
-    """Return the SIR spec of the committed LODO run: no repair training, no training domains.
-
-    Issue 19's levers came later. This benchmark registers every training dataset itself (``add_domain``), so
-    a base model must not bring its own training domains; repair is pinned off to regenerate the committed run.
-
-    Example:
-        >>> from anomalib_sir.benchmark.config import ModelSpec
-        >>> committed_protocol(ModelSpec("anomalib_sir.Sir", {"width": 64})).init_args
-        {'width': 64, 'repair': False, 'training_domains': False}
-
-    """
-    return replace(spec, init_args={**spec.init_args, "repair": False, "training_domains": False})
-
-
 def auroc_row(seed, held_out, k, method, scores_val, scores_test, val, test, seconds) -> dict:
     """One results row."""
     return {
@@ -193,7 +183,7 @@ def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Seque
     for name in others:
         val_images, test_images = raw_images(data[name].val_data), tests[name]
         plain = _without_domains(base, val_images), _without_domains(base, test_images)
-        scored = with_new_domain(base, name, raw_images(data[name].train_data), val_images, test_images)[:2]
+        scored = own_domain_scores(base, name, val_images), own_domain_scores(base, name, test_images)
         for method, (val_scores, test_scores) in (("no_domain", plain), ("add_domain", scored)):
             row = auroc_row(
                 seed, held_out, 1, method, val_scores, test_scores, data[name].val_data, tests_ds[name], 0.0
@@ -254,8 +244,8 @@ def run_held_out(config: BenchmarkConfig, seed: int, held_out: str, shots: Seque
                 held_out,
                 k,
                 "retrain",
-                scores_of(retrained, h_val_images),
-                scores_of(retrained, tests[held_out]),
+                own_domain_scores(retrained, held_out, h_val_images),
+                own_domain_scores(retrained, held_out, tests[held_out]),
                 h_val,
                 h_test,
                 retrain_s,
@@ -294,8 +284,8 @@ def _without_domains(model, images) -> torch.Tensor:
 def rescore(config: BenchmarkConfig, run: Path, shots: Sequence[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Recompute the ``add_domain`` rows of an earlier run from its saved base models (no training).
 
-    The other rows (``no_domain``, ``retrain``, ``patchcore``) do not depend on how a domain scores and are
-    kept. For a change of the domain code only: ``--rescore RUN`` takes minutes instead of an hour.
+    The other rows (``no_domain``, ``retrain``, ``patchcore``) are kept (the retrained models are not saved).
+    For a change of what ``add_domain`` fits: ``--rescore RUN`` takes minutes instead of an hour.
     """
     results, trained = pd.read_csv(run / "results.csv"), pd.read_csv(run / "trained_domains.csv")
     rows, trained_rows = [], []
@@ -307,9 +297,8 @@ def rescore(config: BenchmarkConfig, run: Path, shots: Sequence[int]) -> tuple[p
         for name in [n for n in config.datasets if n != held_out]:
             data = member_datamodule(config, name, 1, int(seed))
             data.setup()
-            val_scores, test_scores, _ = with_new_domain(
-                base, name, raw_images(data.train_data), raw_images(data.val_data), raw_images(data.test_data)
-            )
+            val_scores = own_domain_scores(base, name, raw_images(data.val_data))
+            test_scores = own_domain_scores(base, name, raw_images(data.test_data))
             row = auroc_row(seed, held_out, 1, "add_domain", val_scores, test_scores, data.val_data, data.test_data, 0)
             trained_rows.append({**row, "dataset": name})
         for k in shots:
@@ -406,7 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--merge", type=Path, nargs="+", help="earlier run folders (other seeds): one summary of all")
     args = parser.parse_args(argv)
     config, output = open_run(args)
-    config.models["SIR"] = committed_protocol(config.models["SIR"])
     if args.rescore:
         results, trained = rescore(config, args.rescore, args.shots)
         write_outputs(output, args, results, pd.read_csv(args.rescore / "routing.csv"), trained)

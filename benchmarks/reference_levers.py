@@ -22,18 +22,24 @@ from the dataset's own training normal (``Sir.domain_views``: the image and seed
   of every teacher scale, the domain prototype's descriptor) to the reference views' mean descriptor
   (global changes such as blur or diffuse opacity, which a reconstruction reproduces well);
 * ``raw+global``, ``own-z+global``, ``own-corr+z+global``: the map score plus ``global``, each in units of
-  the reference views' own scores (mean 0, spread 1 over the views): a fusion with no weight to choose.
+  the reference views' own scores (mean 0, spread 1 over the views): a fusion with no weight to choose;
+* ``own-z/<pooling>`` (``POOLINGS``): the own-z map made or pooled otherwise: the top-k fraction of the image
+  score, the max, the smoothing, one teacher scale only, z per scale before fusion, mirror test-time
+  averaging (the map choices made on two datasets, measured again on five).
 
 Validation chooses (``benchmarks/adoption_rule.py`` reads ``results.csv``: the ``model`` column is
-``SIR`` for the baseline and ``SIR+<training>/<scoring>`` otherwise); test is reported.
+``SIR`` for the baseline and ``SIR+<training>/<scoring>`` otherwise; ``SIR+adopted`` is today's ``Sir()``
+and ``SIR+adopted/<pooling>`` its pooling variants); test is reported.
 
     python benchmarks/reference_levers.py configs/benchmark.yaml --seeds 0 1 2 3 4 --output OUT
     python benchmarks/reference_levers.py configs/benchmark.yaml --merge OUT_A OUT_B --output OUT  # one table
     python benchmarks/reference_levers.py configs/benchmark.yaml --rescore OUT_A --output OUT  # saved models
 
 Example:
-    >>> [s.name for s in SCORINGS]
+    >>> [s.name for s in SCORINGS][:8]
     ['raw', 'own-z', 'own-corr+z', 'own-|z|', 'global', 'raw+global', 'own-z+global', 'own-corr+z+global']
+    >>> [s.name for s in SCORINGS][8:11]
+    ['own-z/top1%', 'own-z/top5%', 'own-z/top30%']
 
 """
 
@@ -55,11 +61,29 @@ from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
+from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.torch_model import standardize_images
 
 sys.path.insert(0, str(Path(__file__).parent))
 from add_domain_lodo import labels_of, merged_rows, open_run, raw_images, train
 from domain_variants import Variant, normalised, variant_scores
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """How the own-z map is made and pooled, where it differs from the model's (``None``: the model's value).
+
+    ``scales``: the teacher scales fused (indices into ``layers``); ``per_scale_z``: each scale's smoothed map
+    in units of its own reference spread before the scales are averaged (instead of z after fusion);
+    ``flip``: the z-maps of the image and of its mirror image (mirrored back) averaged.
+    """
+
+    sigma: float | None = None
+    score_mode: str = "topk"
+    topk_ratio: float | None = None
+    scales: tuple[int, ...] | None = None
+    per_scale_z: bool = False
+    flip: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,8 +94,26 @@ class Scoring:
     variant: Variant | None
     two_sided: bool = False
     global_term: bool = False
+    pooling: Pooling | None = None
 
 
+#: Issue 19's third round: the map and score choices of the two-dataset era, on the own-z map of today.
+POOLINGS = {
+    "top1%": Pooling(topk_ratio=0.01),
+    "top5%": Pooling(topk_ratio=0.05),
+    "top30%": Pooling(topk_ratio=0.3),
+    "top40%": Pooling(topk_ratio=0.4),
+    "top50%": Pooling(topk_ratio=0.5),
+    "mean": Pooling(topk_ratio=1.0),
+    "max": Pooling(score_mode="max"),
+    "sigma2": Pooling(sigma=2.0),
+    "sigma8": Pooling(sigma=8.0),
+    "stride8": Pooling(scales=(0,)),
+    "stride16": Pooling(scales=(1,)),
+    "scale-z": Pooling(per_scale_z=True),
+    "flip": Pooling(flip=True),
+    "top40%+flip": Pooling(topk_ratio=0.4, flip=True),
+}
 SCORINGS = (
     Scoring("raw", Variant("raw", ridge=None, normalise="none")),
     Scoring("own-z", Variant("z", ridge=None)),
@@ -81,6 +123,7 @@ SCORINGS = (
     Scoring("raw+global", Variant("raw", ridge=None, normalise="none"), global_term=True),
     Scoring("own-z+global", Variant("z", ridge=None), global_term=True),
     Scoring("own-corr+z+global", Variant("corr+z"), global_term=True),
+    *(Scoring(f"own-z/{name}", None, pooling=pooling) for name, pooling in POOLINGS.items()),
 )
 TRAININGS = ("plain", "repair", "fine-shallow")
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
@@ -97,8 +140,12 @@ def scorings_of(sir: Sir, references: list[torch.Tensor], prepared: dict[str, to
     query[VIEWS] = views
     distances = global_distances(views, query)
     out = {}
+    flips = any(s.pooling is not None and s.pooling.flip for s in SCORINGS)
+    flipped = {s: model.features_and_reconstruction(x.flip(-1)) for s, x in prepared.items()} if flips else {}
     for scoring in SCORINGS:
-        if scoring.two_sided:
+        if scoring.pooling is not None:
+            scores = pooled_scores(generator, scoring.pooling, views, query, flipped, size)
+        elif scoring.two_sided:
             scores = two_sided_scores(generator, views, query, size)
         elif scoring.variant is None:
             scores = distances
@@ -112,6 +159,36 @@ def scorings_of(sir: Sir, references: list[torch.Tensor], prepared: dict[str, to
 
 #: The reference views' own scores travel with the query splits under this key (they scale the fusions).
 VIEWS = "views"
+
+
+def pooled_scores(generator, pooling: Pooling, views, query: dict, flipped: dict, size) -> dict:
+    """``{split: scores}`` of the own-z map made and pooled as ``pooling`` says (``flipped``: mirrored queries)."""
+    made = SirAnomalyMapGenerator(
+        sigma=generator.sigma if pooling.sigma is None else pooling.sigma,
+        score_mode=pooling.score_mode,
+        topk_ratio=pooling.topk_ratio or generator.topk_ratio,
+    )
+
+    def picked(features):
+        return list(features) if pooling.scales is None else [features[i] for i in pooling.scales]
+
+    def maps_of(features, reconstruction) -> list[torch.Tensor]:
+        maps = made.scale_maps(picked(features), picked(reconstruction), size)
+        return [made.blur(m) for m in maps] if pooling.per_scale_z else [made.fuse(maps)]
+
+    reference = maps_of(*views)
+
+    def z_of(features, reconstruction) -> torch.Tensor:
+        maps = maps_of(features, reconstruction)
+        return torch.stack([normalised(m, r, "pixel") for m, r in zip(maps, reference, strict=True)]).mean(dim=0)
+
+    scores = {}
+    for split, (f, r) in query.items():
+        z = z_of(f, r)
+        if pooling.flip and split in flipped:
+            z = (z + z_of(*flipped[split]).flip(-1)) / 2
+        scores[split] = made.score(z)
+    return scores
 
 
 def global_distances(views, query: dict) -> dict:
@@ -254,21 +331,26 @@ def summary(results: pd.DataFrame) -> str:
 
 #: What ``Sir()`` does since issue 19 (``repair=None``, ``training_domains=True``), per setting: repair training
 #: only where several datasets are learnt at once, every dataset scored with its own error statistics.
-ADOPTED = {"universal": "SIR+repair/own-z", "specialized": "SIR+plain/own-z"}
+ADOPTED = {"universal": "repair", "specialized": "plain"}
 
 
 def with_adopted(results: pd.DataFrame) -> pd.DataFrame:
-    """``results`` plus the rows of ``SIR+adopted``: per setting, the candidate ``ADOPTED`` names.
+    """``results`` plus the rows of ``SIR+adopted`` (own-z) and ``SIR+adopted/<pooling>``: the ``ADOPTED`` training.
 
     Example:
-        >>> rows = pd.DataFrame({"model": ["SIR+plain/own-z", "SIR+repair/own-z"], "setting": ["specialized"] * 2})
-        >>> with_adopted(rows).model.tolist()
-        ['SIR+plain/own-z', 'SIR+repair/own-z', 'SIR+adopted']
+        >>> rows = pd.DataFrame({"model": ["SIR+plain/own-z", "SIR+repair/own-z", "SIR+repair/own-z/max"],
+        ...                      "setting": ["specialized", "universal", "universal"]})
+        >>> with_adopted(rows).model.tolist()[3:]
+        ['SIR+adopted', 'SIR+adopted/max', 'SIR+adopted']
 
     """
-    results = results[results.model != "SIR+adopted"]
-    picked = [results[(results.setting == s) & (results.model == m)] for s, m in ADOPTED.items()]
-    return pd.concat([results, *(p.assign(model="SIR+adopted") for p in picked)], ignore_index=True)
+    results = results[~results.model.str.startswith("SIR+adopted")]
+    picked = []
+    for setting, training in ADOPTED.items():
+        rows = results[(results.setting == setting) & results.model.str.startswith(f"SIR+{training}/own-z")]
+        rows = rows[(rows.model == f"SIR+{training}/own-z") | rows.model.str.startswith(f"SIR+{training}/own-z/")]
+        picked.append(rows.assign(model=rows.model.str.replace(f"SIR+{training}/own-z", "SIR+adopted", regex=False)))
+    return pd.concat([results, *picked], ignore_index=True)
 
 
 def write(output: Path, args, results: pd.DataFrame) -> None:
@@ -288,9 +370,13 @@ def main(argv=None) -> int:
     parser.add_argument("--trainings", nargs="+", default=list(TRAININGS), choices=TRAININGS)
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier outputs of this script")
     parser.add_argument("--rescore", type=Path, nargs="+", default=[], help="outputs whose saved models to re-score")
+    parser.add_argument("--scorings", nargs="+", help="only these scorings (default: every one of SCORINGS)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.scorings:
+        global SCORINGS  # one run scores one subset
+        SCORINGS = tuple(s for s in SCORINGS if s.name in args.scorings)
     config, output = open_run(args)
     rows = merged_rows(args.merge)
     rows += [row for run in args.rescore for row in rescore(config, run)]

@@ -101,6 +101,17 @@ def test_training_registers_its_dataset_as_a_domain_that_every_image_matches(
     assert not torch.allclose(raw, _scores(trained_sir, two_sources["retina"].test))
 
 
+def test_training_domains_of_several_datasets_leave_foreign_images_unknown(trained_sir, two_sources) -> None:
+    model = copy.deepcopy(trained_sir).eval()
+    views = model.domain_views(two_sources["retina"].references)
+    for name, matches_all in (("retina", False), ("retina_any", True)):
+        model.remove_domain(model.domain_names[0])
+        model.model.add_domain(name, views, trained=True, matches_all=matches_all)  # as _fit_training_domains does
+        scores = _scores(model, [_noise_image(), *two_sources["retina"].test])
+        assert torch.isnan(scores[0]) != matches_all  # several datasets: noise is of no domain; one: scored
+        assert scores[1:].isfinite().all()
+
+
 def test_images_are_routed_to_their_own_domain(two_domain_sir, two_sources) -> None:
     from anomalib_sir.models.sir.domains import domain_descriptor
 

@@ -64,6 +64,8 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         training_domains: after training, register every training dataset as a domain from its own training
             normals (:meth:`add_domain` with ``trained=True``): their error statistics turn the map into a
             z-map, so what is hard to reconstruct in every view of that dataset's reference stops counting.
+            Trained on several datasets, an image far from all of them is "unknown" (as for an added domain);
+            trained on one, every image is scored.
         knn_weight: weight of the nearest-neighbour term (distance of teacher features to a memory bank of the
             un-augmented training normals), added to the reconstruction map; ``0`` disables it (and the bank).
             The bank is fitted like anomalib's memory-bank models (:meth:`fit`, after the first epoch).
@@ -343,7 +345,8 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
             name = (names[index] or "train") if 0 <= index < len(names) else f"dataset_{index}"
             if name in self.model.domains.names:
                 self.model.domains.remove(name)
-            self.model.add_domain(name, self._views_of(torch.stack(images)), trained=True)
+            views = self._views_of(torch.stack(images))
+            self.model.add_domain(name, views, trained=True, matches_all=len(self._domain_images) == 1)
         self._domain_step = self.global_step
         return True
 

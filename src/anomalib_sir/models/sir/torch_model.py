@@ -176,16 +176,16 @@ class SirModel(DynamicBufferMixin, nn.Module):
     #: prototype is nearer than 0.07 for 95 % or more of them (fundus photographs: about 90 %), another
     #: dataset's prototype farther for about 80 %.
     UNKNOWN_DISTANCE = 0.07
-
-    #: Cosine distance between domain descriptors is at most 2: a trained domain's radius, which every image matches.
-    TRAINED_DOMAIN_RADIUS = 2.0
+    #: Cosine distance between domain descriptors is at most 2: the radius of a domain every image matches.
+    ANY_IMAGE_RADIUS = 2.0
 
     @torch.no_grad()
-    def add_domain(self, name: str, views: torch.Tensor, trained: bool = False) -> None:
+    def add_domain(self, name: str, views: torch.Tensor, trained: bool = False, matches_all: bool = False) -> None:
         """Register domain ``name`` from ``(V, 3, H, W)`` pre-processed views of its reference normals.
 
         ``trained``: a domain the decoder was trained on (its own training normals): no correction of the
-        reconstruction (the decoder fits it already), only the error statistics, and no image is "unknown" to it.
+        reconstruction (the decoder fits it already), only the error statistics. ``matches_all``: no image is
+        "unknown" to the domain (a model trained on one dataset scores every image).
 
         Example:
             >>> model = SirModel(pre_trained=False, width=8, loops=1).eval()
@@ -205,7 +205,7 @@ class SirModel(DynamicBufferMixin, nn.Module):
                 corrections,
                 self.raw_anomaly_map(features, apply_corrections(reconstruction, corrections), views.shape[-2:]),
                 score=self.anomaly_map_generator.score,
-                radius_floor=self.TRAINED_DOMAIN_RADIUS if trained else self.UNKNOWN_DISTANCE,
+                radius_floor=self.ANY_IMAGE_RADIUS if matches_all else self.UNKNOWN_DISTANCE,
             )
         self.train(was_training)
 
