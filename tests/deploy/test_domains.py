@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from anomalib.data import ImageBatch
 from PIL import Image
 
 from anomalib_sir.cli import main
@@ -139,6 +140,11 @@ def test_the_datamodule_names_the_domain(two_domain_sir) -> None:
     try:
         batch = SimpleNamespace(image_path=["a.png", "b.png"], image=torch.zeros(2, 3, 64, 64))
         assert two_domain_sir._known_domains(batch).tolist() == [1, -1]  # "other" is no domain: routed
+        for step in (two_domain_sir.validation_step, two_domain_sir.test_step, two_domain_sir.predict_step):
+            noise = ImageBatch(image=torch.stack([_noise_image()] * 2), image_path=["a.png", "b.png"])
+            scores = step(noise, 0).pred_score
+            assert scores[0].isfinite()  # named by the datamodule: scored
+            assert scores[1].isnan()  # routed: of no domain
     finally:
         two_domain_sir._trainer = None
 

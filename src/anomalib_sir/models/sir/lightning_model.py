@@ -241,6 +241,14 @@ class Sir(VersionedExportMixin, MemoryBankMixin, AnomalibModule):
         predictions = self.model(batch.image, domain=self._known_domains(batch))
         return batch.update(**predictions._asdict())
 
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As :meth:`validation_step`: the datamodule names each image's domain (anomalib's own step would not)."""
+        return self.validation_step(batch, *args, **kwargs)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """As :meth:`validation_step` (images of no dataset the datamodule names go to the nearest domain)."""
+        return self.validation_step(batch, *args, **kwargs)
+
     # --------------------------------------------------------------------------- domains (no gradient step)
 
     #: Views per reference image (the image itself, then augmented ones) a domain's statistics are computed
