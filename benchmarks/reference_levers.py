@@ -126,7 +126,10 @@ SCORINGS = (
     Scoring("own-corr+z+global", Variant("corr+z"), global_term=True),
     *(Scoring(f"own-z/{name}", None, pooling=pooling) for name, pooling in POOLINGS.items()),
 )
-TRAININGS = ("plain", "repair", "fine-shallow")
+#: Issue 19's fourth round: the teacher stages (Lite0 strides 4/8/16 or 8/16/32 instead of 8/16), trained as
+#: ``Sir()`` trains (repair only in the universal model).
+STAGES = {"stages123": (1, 2, 3), "stages234": (2, 3, 4)}
+TRAININGS = ("plain", "repair", "fine-shallow", *STAGES)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -247,10 +250,20 @@ def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
         return [fine_features[0].float(), *(f.float() for f in coarse_features[1:])]
 
 
-def model_spec(config: BenchmarkConfig, training: str):
-    """Return the grid's SIR spec as ``training`` trains it (scoring is this script's: no training domains)."""
+def model_spec(config: BenchmarkConfig, training: str, setting: str):
+    """Return the grid's SIR spec as ``training`` trains it in ``setting`` (scoring is this script's: no training domains).
+
+    Example:
+        >>> spec = model_spec(BenchmarkConfig.from_yaml(Path(__file__).parents[1] / "configs" / "benchmark.yaml"), "stages234", "universal")
+        >>> spec.init_args["repair"], spec.init_args["layers"]
+        (True, [2, 3, 4])
+
+    """
     spec = config.models["SIR"]
-    init_args = {**spec.init_args, "repair": training == "repair", "training_domains": False}
+    repair = setting == "universal" if training in STAGES else training == "repair"
+    init_args = {**spec.init_args, "repair": repair, "training_domains": False}
+    if training in STAGES:
+        init_args["layers"] = list(STAGES[training])
     class_path = "reference_levers.FineShallowSir" if training == "fine-shallow" else spec.class_path
     return replace(spec, class_path=class_path, init_args=init_args)
 
@@ -264,8 +277,8 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
     """Every training x setting x dataset x scoring row of one reference draw (models saved under ``work``)."""
     rows = []
     for training in trainings:
-        config.models[f"SIR/{training}"] = model_spec(config, training)
         for setting in settings:
+            config.models[f"SIR/{training}"] = model_spec(config, training, setting)
             for group in groups_of(config, setting):
                 members = [member_datamodule(config, n, 1, seed) for n in group]
                 for m in members:
@@ -285,7 +298,7 @@ def rescore(config: BenchmarkConfig, run: Path) -> list[dict]:
         seed = int(path.parent.name.removeprefix("seed"))
         training, setting, joined = path.stem.split("_", 2)
         group = joined.split("+")
-        sir = build_model(model_spec(config, training), grid_of(config, training).image_size, config.backbone, 1)
+        sir = build_model(model_spec(config, training, setting), grid_of(config, training).image_size, config.backbone, 1)
         sir.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         members = [member_datamodule(config, n, 1, seed) for n in group]
         for m in members:
