@@ -251,10 +251,11 @@ def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def model_spec(config: BenchmarkConfig, training: str, setting: str):
-    """Return the grid's SIR spec as ``training`` trains it in ``setting`` (scoring is this script's: no training domains).
+    """Return the grid's SIR spec as ``training`` trains it in ``setting`` (this script scores: no training domains).
 
     Example:
-        >>> spec = model_spec(BenchmarkConfig.from_yaml(Path(__file__).parents[1] / "configs" / "benchmark.yaml"), "stages234", "universal")
+        >>> grid = BenchmarkConfig.from_yaml(Path(__file__).parents[1] / "configs" / "benchmark.yaml")
+        >>> spec = model_spec(grid, "stages234", "universal")
         >>> spec.init_args["repair"], spec.init_args["layers"]
         (True, [2, 3, 4])
 
@@ -298,7 +299,8 @@ def rescore(config: BenchmarkConfig, run: Path) -> list[dict]:
         seed = int(path.parent.name.removeprefix("seed"))
         training, setting, joined = path.stem.split("_", 2)
         group = joined.split("+")
-        sir = build_model(model_spec(config, training, setting), grid_of(config, training).image_size, config.backbone, 1)
+        spec = model_spec(config, training, setting)
+        sir = build_model(spec, grid_of(config, training).image_size, config.backbone, 1)
         sir.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         members = [member_datamodule(config, n, 1, seed) for n in group]
         for m in members:
