@@ -9,6 +9,11 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair``: ``Sir(repair=True)``: per view with probability ``Sir.REPAIR_PROBABILITY`` one box (10-40 % of
   the side) blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being
   the teacher features of the *clean* view (:mod:`anomalib_sir.models.sir.repair`).
+* ``stages123``, ``stages234`` (``STAGES``): ``Sir()``'s training (repair only in the universal model) on other
+  teacher stages: Lite0 strides 4/8/16 or 8/16/32 instead of 8/16;
+* ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
+  size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
+  ones too, where a donor would be the reference itself).
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -61,6 +66,7 @@ from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
+from anomalib_sir.models.sir import repair
 from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.torch_model import standardize_images
 
@@ -129,7 +135,31 @@ SCORINGS = (
 #: Issue 19's fourth round: the teacher stages (Lite0 strides 4/8/16 or 8/16/32 instead of 8/16), trained as
 #: ``Sir()`` trains (repair only in the universal model).
 STAGES = {"stages123": (1, 2, 3), "stages234": (2, 3, 4)}
-TRAININGS = ("plain", "repair", "fine-shallow", *STAGES)
+
+
+@dataclass(frozen=True)
+class RepairVariant:
+    """Repair training other than ``Sir()``'s (``repair.py``'s constants and ``Sir.REPAIR_PROBABILITY``).
+
+    ``specialized``: the specialised models are trained with it too (``Sir()`` trains them without repair).
+    """
+
+    probability: float = Sir.REPAIR_PROBABILITY
+    size: tuple[float, float] = repair.REPAIR_SIZE
+    blend_share: float = repair.REPAIR_BLEND_SHARE
+    specialized: bool = False
+
+
+#: Issue 19's fourth round: the corruption's probability per view, its size range and its kind.
+REPAIRS = {
+    "repair-p25": RepairVariant(probability=0.25),
+    "repair-p100": RepairVariant(probability=1.0),
+    "repair-small": RepairVariant(size=(0.05, 0.2)),
+    "repair-large": RepairVariant(size=(0.2, 0.6)),
+    "repair-blend": RepairVariant(blend_share=1.0),
+    "repair-intensity": RepairVariant(blend_share=0.0, specialized=True),
+}
+TRAININGS = ("plain", "repair", "fine-shallow", *STAGES, *REPAIRS)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -242,6 +272,26 @@ class FineShallowSir(Sir):
         self.model.extract_features = types.MethodType(_fine_shallow_features, self.model)
 
 
+class RepairVariantSir(Sir):
+    """``Sir`` trained with the repair corruption of ``REPAIRS[variant]`` (the module constants, while it trains)."""
+
+    def __init__(self, variant: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.variant = REPAIRS[variant]
+        self.REPAIR_PROBABILITY = self.variant.probability
+        self._saved = (repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE)
+
+    def on_fit_start(self) -> None:
+        """``Sir``'s, then the variant's corruption constants."""
+        super().on_fit_start()
+        repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE = self.variant.size, self.variant.blend_share
+
+    def on_fit_end(self) -> None:
+        """Restore the module's constants."""
+        repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE = self._saved
+        super().on_fit_end()
+
+
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -261,11 +311,17 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
 
     """
     spec = config.models["SIR"]
-    repair = setting == "universal" if training in STAGES else training == "repair"
-    init_args = {**spec.init_args, "repair": repair, "training_domains": False}
+    universal = setting == "universal"
+    if training in REPAIRS:
+        repairs = universal or REPAIRS[training].specialized
+    else:
+        repairs = universal if training in STAGES else training == "repair"
+    init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     if training in STAGES:
         init_args["layers"] = list(STAGES[training])
-    class_path = "reference_levers.FineShallowSir" if training == "fine-shallow" else spec.class_path
+    class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
+    if training in REPAIRS:
+        class_path, init_args["variant"] = "reference_levers.RepairVariantSir", training
     return replace(spec, class_path=class_path, init_args=init_args)
 
 
@@ -279,6 +335,8 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
     rows = []
     for training in trainings:
         for setting in settings:
+            if training in REPAIRS and setting == "specialized" and not REPAIRS[training].specialized:
+                continue  # trained as ``plain``: the baseline's own specialised models
             config.models[f"SIR/{training}"] = model_spec(config, training, setting)
             for group in groups_of(config, setting):
                 members = [member_datamodule(config, n, 1, seed) for n in group]

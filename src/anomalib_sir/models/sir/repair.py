@@ -1,8 +1,9 @@
 """Repair training: synthetic local anomalies on training views, reconstructed back to the clean view.
 
-Each view is corrupted with probability ``probability`` in one box (``size`` of the image side, per axis):
-half of the time the box is alpha-blended with a box of a *donor* view (another training image: with several
-datasets in the batch, often another modality), otherwise its contrast and brightness are shifted. The
+Each view is corrupted with probability ``probability`` in one box (``REPAIR_SIZE`` of the image side, per
+axis): half of the time (``REPAIR_BLEND_SHARE``) the box is alpha-blended with a box of a *donor* view
+(another training image: with several datasets in the batch, often another modality), otherwise its
+contrast and brightness are shifted. The
 decoder is then trained to reconstruct the teacher features of the **clean** view from the corrupted one, so
 it learns to map anomalous features back to normal ones (the normality prior SIR relies on). Measured on
 five datasets: it helps a decoder trained on several datasets at once and not one trained on a single
@@ -26,6 +27,8 @@ import torch
 REPAIR_SIZE: tuple[float, float] = (0.1, 0.4)
 #: Blend weight of the donor's box.
 REPAIR_ALPHA: tuple[float, float] = (0.3, 1.0)
+#: Share of the corrupted boxes blended with a donor's box (the others are intensity-shifted).
+REPAIR_BLEND_SHARE: float = 0.5
 #: Contrast of an intensity-shifted box: gain ``1 ± REPAIR_GAIN`` around its mean, plus a bias in ``±0.5``.
 REPAIR_GAIN: float = 0.5
 
@@ -41,7 +44,7 @@ def corrupt_views(views: torch.Tensor, donors: torch.Tensor, probability: float)
         h, w = max(2, int(side[0] * height)), max(2, int(side[1] * width))
         top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
         box = out[i, :, top : top + h, left : left + w]
-        if torch.rand(()) < 0.5:
+        if torch.rand(()) < REPAIR_BLEND_SHARE:
             alpha = float(torch.empty(()).uniform_(*REPAIR_ALPHA))
             donor_top, donor_left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
             box.mul_(1 - alpha).add_(alpha * donors[i, :, donor_top : donor_top + h, donor_left : donor_left + w])
