@@ -9,8 +9,9 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair``: ``Sir(repair=True)``: per view with probability ``Sir.REPAIR_PROBABILITY`` one box (10-40 % of
   the side) blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being
   the teacher features of the *clean* view (:mod:`anomalib_sir.models.sir.repair`).
-* ``stages123``, ``stages234`` (``STAGES``): ``Sir()``'s training (repair only in the universal model) on other
-  teacher stages: Lite0 strides 4/8/16 or 8/16/32 instead of 8/16;
+* ``stages123``, ``stages234``, ``noise0``, ``noise0.5``, ``loops1``, ``loops5`` (``ARGUMENTS``): ``Sir()``'s
+  training (repair only in the universal model) with another teacher stages (Lite0 strides 4/8/16 or 8/16/32
+  instead of 8/16), noise (0 or 0.5 instead of 0.2) or loops (1 or 5 instead of 3);
 * ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
   size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
   ones too, where a donor would be the reference itself).
@@ -132,9 +133,17 @@ SCORINGS = (
     Scoring("own-corr+z+global", Variant("corr+z"), global_term=True),
     *(Scoring(f"own-z/{name}", None, pooling=pooling) for name, pooling in POOLINGS.items()),
 )
-#: Issue 19's fourth round: the teacher stages (Lite0 strides 4/8/16 or 8/16/32 instead of 8/16), trained as
-#: ``Sir()`` trains (repair only in the universal model).
-STAGES = {"stages123": (1, 2, 3), "stages234": (2, 3, 4)}
+#: Issue 19's fourth round: ``Sir()`` arguments chosen on two datasets, trained as ``Sir()`` trains (repair only
+#: in the universal model) with another value: the teacher stages (Lite0 strides 4/8/16 or 8/16/32 instead of
+#: 8/16), the noise on the first loop's fused map (0.2), the loops (3).
+ARGUMENTS = {
+    "stages123": {"layers": [1, 2, 3]},
+    "stages234": {"layers": [2, 3, 4]},
+    "noise0": {"noise_std": 0.0},
+    "noise0.5": {"noise_std": 0.5},
+    "loops1": {"loops": 1},
+    "loops5": {"loops": 5},
+}
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,7 @@ REPAIRS = {
     "repair-blend": RepairVariant(blend_share=1.0),
     "repair-intensity": RepairVariant(blend_share=0.0, specialized=True),
 }
-TRAININGS = ("plain", "repair", "fine-shallow", *STAGES, *REPAIRS)
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -315,10 +324,9 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = universal if training in STAGES else training == "repair"
+        repairs = universal if training in ARGUMENTS else training == "repair"
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
-    if training in STAGES:
-        init_args["layers"] = list(STAGES[training])
+    init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
     if training in REPAIRS:
         class_path, init_args["variant"] = "reference_levers.RepairVariantSir", training
