@@ -165,6 +165,7 @@ REPAIRS = {
     "repair-p100": RepairVariant(probability=1.0),
     "repair-small": RepairVariant(size=(0.05, 0.2)),
     "repair-large": RepairVariant(size=(0.2, 0.6)),
+    "repair-xl": RepairVariant(size=(0.3, 0.8)),
     "repair-blend": RepairVariant(blend_share=1.0),
     "repair-intensity": RepairVariant(blend_share=0.0, specialized=True),
 }
