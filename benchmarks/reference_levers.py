@@ -9,9 +9,9 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair``: ``Sir(repair=True)``: per view with probability ``Sir.REPAIR_PROBABILITY`` one box (10-40 % of
   the side) blended with a box of another view (alpha 0.3-1) or contrast/brightness-shifted, the target being
   the teacher features of the *clean* view (:mod:`anomalib_sir.models.sir.repair`).
-* ``stages123``, ``stages234``, ``noise0``, ``noise0.5``, ``loops1``, ``loops5`` (``ARGUMENTS``): ``Sir()``'s
-  training (repair only in the universal model) with another teacher stages (Lite0 strides 4/8/16 or 8/16/32
-  instead of 8/16), noise (0 or 0.5 instead of 0.2) or loops (1 or 5 instead of 3);
+* ``stages123``, ``stages234``, ``noise0.5``, ``loops1`` (``ARGUMENTS``): ``Sir()``'s training (repair only in
+  the universal model) with other teacher stages (Lite0 strides 4/8/16 or 8/16/32 instead of 8/16), noise 0.5
+  instead of 0.2, or one loop instead of three;
 * ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
   size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
   ones too, where a donor would be the reference itself).
@@ -139,10 +139,8 @@ SCORINGS = (
 ARGUMENTS = {
     "stages123": {"layers": [1, 2, 3]},
     "stages234": {"layers": [2, 3, 4]},
-    "noise0": {"noise_std": 0.0},
     "noise0.5": {"noise_std": 0.5},
     "loops1": {"loops": 1},
-    "loops5": {"loops": 5},
 }
 
 

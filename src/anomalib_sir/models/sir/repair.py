@@ -3,11 +3,11 @@
 Each view is corrupted with probability ``probability`` in one box (``REPAIR_SIZE`` of the image side, per
 axis): half of the time (``REPAIR_BLEND_SHARE``) the box is alpha-blended with a box of a *donor* view
 (another training image: with several datasets in the batch, often another modality), otherwise its
-contrast and brightness are shifted. The
-decoder is then trained to reconstruct the teacher features of the **clean** view from the corrupted one, so
-it learns to map anomalous features back to normal ones (the normality prior SIR relies on). Measured on
-five datasets: it helps a decoder trained on several datasets at once and not one trained on a single
-reference image (docs/ablations.md), hence :class:`~anomalib_sir.Sir`'s ``repair=None`` default.
+contrast and brightness are shifted. The decoder is then trained to reconstruct the teacher features of
+the **clean** view from the corrupted one, so it learns to map anomalous features back to normal ones (the
+normality prior SIR relies on). Measured on five datasets: it helps a decoder trained on several datasets at
+once and not one trained on a single reference image; the corruption's probability, box size and kind were
+measured too (docs/ablations.md), hence :class:`~anomalib_sir.Sir`'s ``repair=None`` default.
 
 Example:
     >>> import torch
