@@ -287,7 +287,6 @@ class RepairVariantSir(Sir):
         super().__init__(**kwargs)
         self.variant = REPAIRS[variant]
         self.REPAIR_PROBABILITY = self.variant.probability
-        self._saved = (repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE)
 
     def on_fit_start(self) -> None:
         """``Sir``'s, then the variant's corruption constants."""
@@ -295,8 +294,9 @@ class RepairVariantSir(Sir):
         repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE = self.variant.size, self.variant.blend_share
 
     def on_fit_end(self) -> None:
-        """Restore the module's constants."""
-        repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE = self._saved
+        """Restore the module's constants (``RepairVariant``'s defaults are ``repair.py``'s own values)."""
+        default = RepairVariant()
+        repair.REPAIR_SIZE, repair.REPAIR_BLEND_SHARE = default.size, default.blend_share
         super().on_fit_end()
 
 
