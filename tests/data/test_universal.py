@@ -101,14 +101,18 @@ def test_engine_reports_per_dataset_table_and_keeps_ranking(
     assert "| mean |" in (run_dir / "metrics_per_dataset.md").read_text()
     assert sorted(p.name for p in (run_dir / "splits").iterdir()) == ["brain.csv", "headct.csv"]
 
-    # AUROC through the engine equals AUROC of the raw model scores, per dataset
+    # AUROC through the engine equals AUROC of the raw model scores, per dataset (each image scored against
+    # its own dataset's domain, as the test step routes it)
     model.eval()
+    domain_of_dataset = torch.tensor([model.domain_names.index(name) for name in datamodule.dataset_names])
     raw, labels, member = [], [], []
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
-            raw.append(model.model(model.pre_processor.transform(batch.image)).pred_score)
+            index = datamodule.dataset_index(batch.image_path)
+            images = model.pre_processor.transform(batch.image)
+            raw.append(model.model(images, domain=domain_of_dataset[index]).pred_score)
             labels.append(batch.gt_label)
-            member.append(datamodule.dataset_index(batch.image_path))
+            member.append(index)
     raw_scores, gt, member_of = torch.cat(raw), torch.cat(labels), torch.cat(member)
     for index, name in enumerate(datamodule.dataset_names):
         keep = member_of == index
