@@ -9,6 +9,9 @@ not matter), giving the ablation table of docs/ablations.md ("What a domain fits
   ``Sir.domain_views``);
 * ``ridge``: the correction's ridge strength (``None``: no correction, the decoder's reconstruction as is);
 * ``diagonal``: the correction per channel only (``t ≈ a r + b``) instead of a full affine map of channels;
+* ``nearest``: with ``k > 1``, each reference image's own views give its own z-map statistics and the query
+  keeps, per pixel (``"pixel"``) or per image score (``"score"``), the lowest over the references (a nearest
+  reference, as a memory bank would have it, instead of one spread over every reference's anatomy);
 * ``normalise``: ``none`` (the corrected ``1 - cos`` map), ``pixel`` (per-pixel z-map of the reference views,
   the shipped design), ``smooth`` (the same statistics averaged over a 9x9 neighbourhood first: tolerant of
   anatomy that is not at the same place in every image) or ``wide`` (the
@@ -61,6 +64,7 @@ class Variant:
     normalise: str = "pixel"
     views_per_image: bool = False
     diagonal: bool = False
+    nearest: str | None = None
 
 
 VARIANTS = (
@@ -79,6 +83,8 @@ VARIANTS = (
     Variant("corr+z, 32 views/image", views_per_image=True),
     Variant("corr, 32 views/image", normalise="none", views_per_image=True),
     Variant("corr+smooth-z, 32 views/image", normalise="smooth", views_per_image=True),
+    Variant("corr+nearest-z (pixel), 32 views/image", views_per_image=True, nearest="pixel"),
+    Variant("corr+nearest-z (score), 32 views/image", views_per_image=True, nearest="score"),
 )
 
 
@@ -120,13 +126,18 @@ def score_variants(sir, references: list[torch.Tensor], queries: dict[str, list[
     views = {n: model.features_and_reconstruction(sir.domain_views(references, n)) for n in set(counts.values())}
     out = {}
     for variant in VARIANTS:
-        out[variant.name] = variant_scores(generator, variant, views[counts[variant.views_per_image]], query, size)
-    out["auto"] = out[self_checked(sir, references, size).name]
+        chosen = views[counts[variant.views_per_image]]
+        out[variant.name] = variant_scores(generator, variant, chosen, query, size, len(references))
+    if AUTO:
+        out["auto"] = out[self_checked(sir, references, size).name]
     return out
 
 
-def variant_scores(generator, variant: Variant, views, query: dict, size) -> dict:
-    """``{split: scores}`` of the query splits for a domain registered from ``views`` as ``variant`` says."""
+def variant_scores(generator, variant: Variant, views, query: dict, size, references: int = 1) -> dict:
+    """``{split: scores}`` of the query splits for a domain registered from ``views`` as ``variant`` says.
+
+    View ``i`` is of reference image ``i % references`` (:meth:`Sir.domain_views`).
+    """
     vf, vr = views
     fit = fit_diagonal_corrections if variant.diagonal else fit_corrections
     corrections = None if variant.ridge is None else fit(vf, vr, variant.ridge)
@@ -135,9 +146,21 @@ def variant_scores(generator, variant: Variant, views, query: dict, size) -> dic
         return generator(f, r if corrections is None else apply_corrections(r, corrections), size)
 
     reference = maps_of(vf, vr)
-    return {s: generator.score(normalised(maps_of(f, r), reference, variant.normalise)) for s, (f, r) in query.items()}
+    if variant.nearest is None or references == 1:
+        how = variant.normalise
+        return {s: generator.score(normalised(maps_of(f, r), reference, how)) for s, (f, r) in query.items()}
+    owner = torch.arange(len(reference)) % references
+    out = {}
+    for split, (f, r) in query.items():
+        maps = maps_of(f, r)
+        z = torch.stack([normalised(maps, reference[owner == j], variant.normalise) for j in range(references)])
+        pixel = variant.nearest == "pixel"
+        out[split] = generator.score(z.amin(dim=0)) if pixel else torch.stack([generator.score(m) for m in z]).amin(0)
+    return out
 
 
+#: Whether ``auto`` (below) is scored too (``--variants`` without it: not).
+AUTO = True
 #: What ``auto`` chooses from, per domain, by :func:`self_checked`.
 AUTO_CANDIDATES = ("z", BASELINE, "corr(1)+z")
 
@@ -217,7 +240,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", help=f"only these variants (and {BASELINE}; 'auto' for auto)")
     args = parser.parse_args(argv)
+    if args.variants:
+        global VARIANTS, AUTO  # one run scores one subset
+        VARIANTS = tuple(v for v in VARIANTS if v.name in args.variants or v.name == BASELINE)
+        AUTO = "auto" in args.variants
     config, output = open_run(args)
     rows = merged_rows(args.merge)
     if rows:

@@ -82,7 +82,10 @@ class Pooling:
 
     ``scales``: the teacher scales fused (indices into ``layers``); ``per_scale_z``: each scale's smoothed map
     in units of its own reference spread before the scales are averaged (instead of z after fusion);
-    ``flip``: the z-maps of the image and of its mirror image (mirrored back) averaged.
+    ``flip``: the z-maps of the image and of its mirror image (mirrored back) averaged; ``groups``: each group of
+    scales scored on its own (its own-z map and top-k), in units of the reference views' scores of that group
+    (mean 0, spread 1), then summed (``combine="sum"``) or the largest taken (``"max"``): a deep scale's global
+    signal added to the fine scales' focal one instead of averaged into their map.
     """
 
     sigma: float | None = None
@@ -91,6 +94,13 @@ class Pooling:
     scales: tuple[int, ...] | None = None
     per_scale_z: bool = False
     flip: bool = False
+    groups: tuple[tuple[int, ...], ...] | None = None
+    combine: str = "sum"
+
+    def deepest(self) -> int:
+        """Return the deepest scale index the pooling reads (``-1``: the model's own scales)."""
+        picked = [*(self.scales or ()), *(i for g in self.groups or () for i in g)]
+        return max(picked, default=-1)
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,13 @@ POOLINGS = {
     "stride16": Pooling(scales=(1,)),
     "scale-z": Pooling(per_scale_z=True),
     "flip": Pooling(flip=True),
+    # fifth round, on three-stage models (``stages234``: strides 8/16/32): the deep stage scored apart
+    "scales01": Pooling(scales=(0, 1)),
+    "scale2": Pooling(scales=(2,)),
+    "scales01+scale2": Pooling(groups=((0, 1), (2,))),
+    "max(scales01,scale2)": Pooling(groups=((0, 1), (2,)), combine="max"),
+    "scale0+scale1+scale2": Pooling(groups=((0,), (1,), (2,))),
+    "scale0+scale1": Pooling(groups=((0,), (1,))),
 }
 SCORINGS = (
     Scoring("raw", Variant("raw", ridge=None, normalise="none")),
@@ -185,7 +202,11 @@ def scorings_of(sir: Sir, references: list[torch.Tensor], prepared: dict[str, to
     flips = any(s.pooling is not None and s.pooling.flip for s in SCORINGS)
     flipped = {s: model.features_and_reconstruction(x.flip(-1)) for s, x in prepared.items()} if flips else {}
     for scoring in SCORINGS:
-        if scoring.pooling is not None:
+        if scoring.pooling is not None and scoring.pooling.deepest() >= len(views[0]):
+            continue  # a scale the model does not have
+        if scoring.pooling is not None and scoring.pooling.groups is not None:
+            scores = grouped_scores(generator, scoring.pooling, views, query, flipped, size)
+        elif scoring.pooling is not None:
             scores = pooled_scores(generator, scoring.pooling, views, query, flipped, size)
         elif scoring.two_sided:
             scores = two_sided_scores(generator, views, query, size)
@@ -231,6 +252,19 @@ def pooled_scores(generator, pooling: Pooling, views, query: dict, flipped: dict
             z = (z + z_of(*flipped[split]).flip(-1)) / 2
         scores[split] = made.score(z)
     return scores
+
+
+def grouped_scores(generator, pooling: Pooling, views, query: dict, flipped: dict, size) -> dict:
+    """``{split: scores}``: each group of ``pooling.groups`` scored apart, standardised on the views, combined."""
+    parts = [
+        pooled_scores(generator, replace(pooling, scales=group, groups=None), views, query, flipped, size)
+        for group in pooling.groups
+    ]
+    combined = {}
+    for split in query:
+        stacked = torch.stack([standardized(part, split) for part in parts])
+        combined[split] = stacked.sum(dim=0) if pooling.combine == "sum" else stacked.amax(dim=0)
+    return combined
 
 
 def global_distances(views, query: dict) -> dict:
