@@ -109,12 +109,17 @@ def routes_of(model, images: Sequence[torch.Tensor], batch: int = 32) -> tuple[t
     return torch.cat(index), torch.cat(unknown)
 
 
-def train(config: BenchmarkConfig, model_name: str, members: list, seed: int, work_dir: Path, shot: int | None):
-    """Train the grid's ``model_name`` on a union of member datamodules (or one member); return it and seconds."""
+def train(
+    config: BenchmarkConfig, model_name: str, members: list, seed: int, work_dir: Path, shot: int | None, init_seed=None
+):
+    """Train the grid's ``model_name`` on a union of member datamodules (or one member); return it and seconds.
+
+    ``init_seed``: the global seed of the weights and augmentations, if not the draw's ``seed``.
+    """
     spec = config.models[model_name]
     datamodule = members[0] if len(members) == 1 else UniversalDataModule(members, seed=seed, num_workers=0)
     datamodule.train_batch_size = int(spec.train_batch_size or config.train_batch_size)
-    lightning.seed_everything(seed, workers=True, verbose=False)  # before the model: its initial weights too
+    lightning.seed_everything(seed if init_seed is None else init_seed, workers=True, verbose=False)  # weights too
     model = build_model(spec, config.image_size, config.backbone, shot)
     engine = Engine(
         default_root_dir=work_dir,

@@ -12,6 +12,9 @@ not matter), giving the ablation table of docs/ablations.md ("What a domain fits
 * ``nearest``: with ``k > 1``, each reference image's own views give its own z-map statistics and the query
   keeps, per pixel (``"pixel"``) or per image score (``"score"``), the lowest over the references (a nearest
   reference, as a memory bank would have it, instead of one spread over every reference's anatomy);
+* ``context``: the correction reads each position's ``context x context`` neighbourhood of the reconstruction
+  (a closed-form linear layer with spatial context, ridge on its ``C * context**2 + 1`` inputs) instead of the
+  position alone (``1``): more of what retraining the decoder on the domain would learn, still no gradient;
 * ``normalise``: ``none`` (the corrected ``1 - cos`` map), ``pixel`` (per-pixel z-map of the reference views,
   the shipped design), ``smooth`` (the same statistics averaged over a 9x9 neighbourhood first: tolerant of
   anatomy that is not at the same place in every image) or ``wide`` (the
@@ -65,6 +68,7 @@ class Variant:
     views_per_image: bool = False
     diagonal: bool = False
     nearest: str | None = None
+    context: int = 1
 
 
 VARIANTS = (
@@ -85,6 +89,8 @@ VARIANTS = (
     Variant("corr+smooth-z, 32 views/image", normalise="smooth", views_per_image=True),
     Variant("corr+nearest-z (pixel), 32 views/image", views_per_image=True, nearest="pixel"),
     Variant("corr+nearest-z (score), 32 views/image", views_per_image=True, nearest="score"),
+    Variant("corr3x3+z, 32 views/image", views_per_image=True, context=3),
+    Variant("corr3x3(0.1)+z, 32 views/image", ridge=0.1, views_per_image=True, context=3),
 )
 
 
@@ -139,8 +145,11 @@ def variant_scores(generator, variant: Variant, views, query: dict, size, refere
     View ``i`` is of reference image ``i % references`` (:meth:`Sir.domain_views`).
     """
     vf, vr = views
-    fit = fit_diagonal_corrections if variant.diagonal else fit_corrections
-    corrections = None if variant.ridge is None else fit(vf, vr, variant.ridge)
+    corrections = None
+    if variant.ridge is not None and variant.diagonal:
+        corrections = fit_diagonal_corrections(vf, vr, variant.ridge)
+    elif variant.ridge is not None:
+        corrections = fit_corrections(vf, vr, variant.ridge, context=variant.context)
 
     def maps_of(f, r):
         return generator(f, r if corrections is None else apply_corrections(r, corrections), size)

@@ -85,7 +85,12 @@ class Pooling:
     ``flip``: the z-maps of the image and of its mirror image (mirrored back) averaged; ``groups``: each group of
     scales scored on its own (its own-z map and top-k), in units of the reference views' scores of that group
     (mean 0, spread 1), then summed (``combine="sum"``) or the largest taken (``"max"``): a deep scale's global
-    signal added to the fine scales' focal one instead of averaged into their map.
+    signal added to the fine scales' focal one instead of averaged into their map. ``feature_norm``: teacher
+    features and reconstructions moved into the reference's own feature frame before the cosine (``"centre"``:
+    minus the reference views' per-channel mean; ``"standardise"``: also divided by their per-channel spread),
+    so the cosine weighs how a feature departs from the reference's typical one, not its shared offset.
+    ``loop_mean``: the maps of every loop's reconstruction averaged (not the last loop's alone). ``views``: the
+    reference's error statistics from this many augmented views (``Sir.DOMAIN_VIEWS`` per image otherwise).
     """
 
     sigma: float | None = None
@@ -96,6 +101,9 @@ class Pooling:
     flip: bool = False
     groups: tuple[tuple[int, ...], ...] | None = None
     combine: str = "sum"
+    feature_norm: str | None = None
+    loop_mean: bool = False
+    views: int | None = None
 
     def deepest(self) -> int:
         """Return the deepest scale index the pooling reads (``-1``: the model's own scales)."""
@@ -131,6 +139,12 @@ POOLINGS = {
     "stride16": Pooling(scales=(1,)),
     "scale-z": Pooling(per_scale_z=True),
     "flip": Pooling(flip=True),
+    # sixth round: the cosine in the reference's own feature frame (per dataset, from its reference views)
+    "centred": Pooling(feature_norm="centre"),
+    "standardised": Pooling(feature_norm="standardise"),
+    "loop-mean": Pooling(loop_mean=True),
+    "views8": Pooling(views=8),
+    "views128": Pooling(views=128),
     # fifth round, on three-stage models (``stages234``: strides 8/16/32): the deep stage scored apart
     "scales01": Pooling(scales=(0, 1)),
     "scale2": Pooling(scales=(2,)),
@@ -184,7 +198,12 @@ REPAIRS = {
     "repair-blend": RepairVariant(blend_share=1.0),
     "repair-intensity": RepairVariant(blend_share=0.0, specialized=True),
 }
-TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS)
+#: Issue 19's sixth round: ``Sir()``'s training with other initial weights and augmentations (global seed
+#: ``INIT_SEED_OFFSET`` + draw; same reference images): alone, it measures how much one training's luck moves
+#: a cell; averaged with the ``ADOPTED`` model (``--ensemble``), a two-decoder ensemble.
+INIT_SEED_OFFSET = 1000
+RESEEDED = {"init2": INIT_SEED_OFFSET}
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -201,11 +220,20 @@ def scorings_of(sir: Sir, references: list[torch.Tensor], prepared: dict[str, to
     out = {}
     flips = any(s.pooling is not None and s.pooling.flip for s in SCORINGS)
     flipped = {s: model.features_and_reconstruction(x.flip(-1)) for s, x in prepared.items()} if flips else {}
+    looped = {}
+    if any(s.pooling is not None and s.pooling.loop_mean for s in SCORINGS):
+        looped = {s: every_loop(model, x) for s, x in prepared.items()}
+        looped[VIEWS] = every_loop(model, sir.domain_views(references))
     for scoring in SCORINGS:
         if scoring.pooling is not None and scoring.pooling.deepest() >= len(views[0]):
             continue  # a scale the model does not have
         if scoring.pooling is not None and scoring.pooling.groups is not None:
             scores = grouped_scores(generator, scoring.pooling, views, query, flipped, size)
+        elif scoring.pooling is not None and scoring.pooling.views is not None:
+            counted = model.features_and_reconstruction(sir.domain_views(references, scoring.pooling.views))
+            scores = pooled_scores(generator, scoring.pooling, counted, query, flipped, size)
+        elif scoring.pooling is not None and scoring.pooling.loop_mean:
+            scores = pooled_scores(generator, scoring.pooling, looped[VIEWS], looped, {}, size)
         elif scoring.pooling is not None:
             scores = pooled_scores(generator, scoring.pooling, views, query, flipped, size)
         elif scoring.two_sided:
@@ -232,10 +260,19 @@ def pooled_scores(generator, pooling: Pooling, views, query: dict, flipped: dict
         topk_ratio=pooling.topk_ratio or generator.topk_ratio,
     )
 
+    frame = feature_frame(views[0], pooling.feature_norm)
+
     def picked(features):
-        return list(features) if pooling.scales is None else [features[i] for i in pooling.scales]
+        features = [(f - mean) / spread for f, (mean, spread) in zip(features, frame, strict=True)]
+        return features if pooling.scales is None else [features[i] for i in pooling.scales]
 
     def maps_of(features, reconstruction) -> list[torch.Tensor]:
+        if pooling.loop_mean:  # ``reconstruction``: every loop's
+            per_loop = [maps_of_loop(features, r) for r in reconstruction]
+            return [torch.stack(maps).mean(dim=0) for maps in zip(*per_loop, strict=True)]
+        return maps_of_loop(features, reconstruction)
+
+    def maps_of_loop(features, reconstruction) -> list[torch.Tensor]:
         maps = made.scale_maps(picked(features), picked(reconstruction), size)
         return [made.blur(m) for m in maps] if pooling.per_scale_z else [made.fuse(maps)]
 
@@ -252,6 +289,35 @@ def pooled_scores(generator, pooling: Pooling, views, query: dict, flipped: dict
             z = (z + z_of(*flipped[split]).flip(-1)) / 2
         scores[split] = made.score(z)
     return scores
+
+
+@torch.no_grad()
+def every_loop(model, images: torch.Tensor) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Teacher features and every loop's reconstruction (per loop, per scale) of pre-processed images, in chunks."""
+    chunks = [model.extract_features(chunk) for chunk in images.split(model.DOMAIN_BATCH_SIZE)]
+    loops = [model.reconstruct(features) for features in chunks]
+    features = [torch.cat(scale) for scale in zip(*chunks, strict=True)]
+    per_loop = [[torch.cat(scale) for scale in zip(*(c[i] for c in loops), strict=True)] for i in range(model.loops)]
+    return features, per_loop
+
+
+def feature_frame(features, how: str | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per scale, the ``(1, C, 1, 1)`` offset and scale of the reference frame ``how`` names (``None``: 0 and 1).
+
+    Example:
+        >>> views = [torch.randn(4, 3, 8, 8) * 2 + 5]
+        >>> [(round(m.mean().item()), round(s.mean().item())) for m, s in feature_frame(views, "standardise")]
+        [(5, 2)]
+        >>> [(m.item(), s.item()) for m, s in feature_frame(views, None)]
+        [(0.0, 1.0)]
+
+    """
+    frame = []
+    for f in features:
+        mean = f.mean(dim=(0, 2, 3), keepdim=True) if how else f.new_zeros(1, 1, 1, 1)
+        spread = f.std(dim=(0, 2, 3), keepdim=True) + 1e-6 if how == "standardise" else f.new_ones(1, 1, 1, 1)
+        frame.append((mean, spread))
+    return frame
 
 
 def grouped_scores(generator, pooling: Pooling, views, query: dict, flipped: dict, size) -> dict:
@@ -357,7 +423,7 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = universal if training in ARGUMENTS else training == "repair"
+        repairs = universal if training in {*ARGUMENTS, *RESEEDED} else training == "repair"
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
@@ -384,7 +450,9 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
                 for m in members:
                     m.setup()
                 grid = grid_of(config, training)
-                sir, seconds = train(grid, f"SIR/{training}", members, seed, work / f"{training}_{setting}", 1)
+                init_seed = seed + RESEEDED[training] if training in RESEEDED else None
+                work_dir = work / f"{training}_{setting}"
+                sir, seconds = train(grid, f"SIR/{training}", members, seed, work_dir, 1, init_seed)
                 torch.save(sir.state_dict(), work / f"{training}_{setting}_{'+'.join(group)}.pt")
                 rows += score_model(sir, members, seed, training, setting, seconds)
     return rows
@@ -406,6 +474,70 @@ def rescore(config: BenchmarkConfig, run: Path) -> list[dict]:
             m.setup()
         rows += score_model(sir.eval(), members, seed, training, setting, seconds.get((seed, setting, group[0])))
     return rows
+
+
+def ensemble(config: BenchmarkConfig, adopted: list[Path], reseeded: Path) -> list[dict]:
+    """Rows of two-decoder ensembles: each ``init2`` model of ``reseeded`` with its ``ADOPTED`` twin of ``adopted``.
+
+    ``SIR+ensemble2/own-z``: each model makes its own-z map (its own reference views' statistics), the two
+    z-maps averaged; ``SIR+ensemble2/raw-mean``: the two raw maps averaged, then one z-map of that mean map;
+    ``SIR+ensemble2/feature-mean``: the two reconstructions averaged (one reconstruction, one map, one z-map:
+    what one model with two decoders could do unchanged downstream). All pooled as ``Sir()`` pools (top-40 %).
+    """
+    twins = {p.parent.name + "/" + p.stem.split("_", 1)[1]: p for run in adopted for p in run.glob("work/seed*/*.pt")}
+    rows = []
+    for path in sorted(reseeded.glob("work/seed*/init2_*.pt")):
+        seed = int(path.parent.name.removeprefix("seed"))
+        _, setting, joined = path.stem.split("_", 2)
+        twin = twins[f"{path.parent.name}/{setting}_{joined}"]
+        models = []
+        for training, weights in ((ADOPTED[setting], twin), ("init2", path)):
+            sir = build_model(model_spec(config, training, setting), config.image_size, config.backbone, 1)
+            sir.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            models.append(sir.eval())
+        generator = models[0].model.anomaly_map_generator
+        for name in joined.split("+"):
+            data = member_datamodule(config, name, 1, seed)
+            data.setup()
+            splits = {"val": data.val_data, "test": data.test_data}
+            references, prepared = raw_images(data.train_data), prepared_splits(models[0], name, splits)
+            maps = [raw_maps(sir, references, prepared) for sir in models]
+            mean = {s: (maps[0][s] + maps[1][s]) / 2 for s in maps[0]}
+            averaged = feature_mean_maps(models, references, prepared)
+            z_maps = {
+                "ensemble2/own-z": {s: sum(normalised(m[s], m[VIEWS], "pixel") for m in maps) / 2 for s in splits},
+                "ensemble2/raw-mean": {s: normalised(mean[s], mean[VIEWS], "pixel") for s in splits},
+                "ensemble2/feature-mean": {s: normalised(averaged[s], averaged[VIEWS], "pixel") for s in splits},
+            }
+            for scoring, by_split in z_maps.items():
+                row = {"model": f"SIR+{scoring}", "setting": setting, "shot": "1-shot", "dataset": name, "seed": seed}
+                for split, column in (("val", "val_image_AUROC"), ("test", "image_AUROC")):
+                    row[column] = rank_auroc(generator.score(by_split[split]), labels_of(splits[split]))
+                rows.append({**row, "train_s": None, "status": "ok"})
+                print(seed, setting, name, scoring, round(row["val_image_AUROC"], 3))
+    return rows
+
+
+@torch.no_grad()
+def feature_mean_maps(models: list[Sir], references: list[torch.Tensor], prepared: dict[str, torch.Tensor]) -> dict:
+    """``{split: map}`` of the models' mean reconstruction (one teacher: the models share it), views under ``VIEWS``."""
+    generator = models[0].model.anomaly_map_generator
+    size = next(iter(prepared.values())).shape[-2:]
+    out = {}
+    for split, x in {**prepared, VIEWS: models[0].domain_views(references)}.items():
+        pairs = [sir.model.features_and_reconstruction(x) for sir in models]
+        mean = [torch.stack(scale).mean(dim=0) for scale in zip(*(r for _, r in pairs), strict=True)]
+        out[split] = generator(pairs[0][0], mean, size)
+    return out
+
+
+@torch.no_grad()
+def raw_maps(sir: Sir, references: list[torch.Tensor], prepared: dict[str, torch.Tensor]) -> dict:
+    """``{split: map}``: the model's raw maps of each split and (under ``VIEWS``) of its reference views."""
+    model, generator = sir.model, sir.model.anomaly_map_generator
+    size = next(iter(prepared.values())).shape[-2:]
+    inputs = {**prepared, VIEWS: sir.domain_views(references)}
+    return {s: generator(*model.features_and_reconstruction(x), size) for s, x in inputs.items()}
 
 
 def groups_of(config: BenchmarkConfig, setting: str) -> list[list[str]]:
@@ -485,6 +617,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trainings", nargs="+", default=list(TRAININGS), choices=TRAININGS)
     parser.add_argument("--merge", type=Path, nargs="+", default=[], help="earlier outputs of this script")
     parser.add_argument("--rescore", type=Path, nargs="+", default=[], help="outputs whose saved models to re-score")
+    parser.add_argument("--ensemble", type=Path, nargs="+", default=[], help="ADOPTED runs, then an init2 run")
     parser.add_argument("--scorings", nargs="+", help="only these scorings (default: every one of SCORINGS)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--threads", type=int, default=1)
@@ -495,6 +628,8 @@ def main(argv=None) -> int:
     config, output = open_run(args)
     rows = merged_rows(args.merge)
     rows += [row for run in args.rescore for row in rescore(config, run)]
+    if args.ensemble:
+        rows += ensemble(config, args.ensemble[:-1], args.ensemble[-1])
     for seed in args.seeds:
         start = time.perf_counter()
         rows += run_seed(config, seed, output / "work" / f"seed{seed}", args.settings, args.trainings)

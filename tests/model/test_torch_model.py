@@ -254,3 +254,23 @@ def test_no_module_of_the_package_imports_unittest() -> None:
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "unittest"]
     assert not offenders
+
+
+def test_domain_corrections_read_a_3x3_neighbourhood_and_older_per_position_banks_keep_theirs() -> None:
+    from anomalib_sir.models.sir.domains import CORRECTION_CONTEXT, domain_descriptor, fit_corrections
+
+    model = SirModel(pre_trained=False, width=8, loops=1).eval()
+    views, queries = torch.rand(4, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    features, reconstruction = model.features_and_reconstruction(views)
+    channels = features[0].shape[1]
+    old = SirModel(pre_trained=False, width=8, loops=1).eval()
+    old.load_state_dict(model.state_dict())  # the same decoder, no domains
+    model.add_domain("new", views)
+    assert model.domains.correction_0.shape[1:] == (channels * CORRECTION_CONTEXT**2 + 1, channels)
+    # the bank of a checkpoint made before the 3x3 corrections holds per-position (C + 1, C) maps
+    corrections = fit_corrections(features, reconstruction, context=1)
+    maps = old.raw_anomaly_map(features, reconstruction, views.shape[-2:])
+    old.domains.add("before", domain_descriptor(features), corrections, maps, old.anomaly_map_generator.score, 2.0)
+    old.add_domain("after", views)  # a new domain takes the bank's per-position shape
+    assert old.domains.correction_1.shape[1:] == (features[1].shape[1] + 1, features[1].shape[1])
+    assert old(queries).pred_score.isfinite().all()

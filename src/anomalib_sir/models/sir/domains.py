@@ -7,8 +7,9 @@ the trained decoder, all as buffers (saved in checkpoints, part of exported grap
 * a **prototype**: the mean :func:`domain_descriptor` (per-channel mean and spread of each teacher scale,
   L2-normalised) of the reference views; images are routed to the nearest prototype (cosine distance), or
   to an explicit domain index where the caller knows it;
-* a **correction** per teacher scale: the affine map from the decoder's reconstruction to the teacher's
-  features that fits the reference views best (ridge regression, closed form: no gradient step). A decoder
+* a **correction** per teacher scale: the affine map from the decoder's reconstruction (each position's
+  ``CORRECTION_CONTEXT x CORRECTION_CONTEXT`` neighbourhood) to the teacher's features that fits the
+  reference views best (ridge regression, closed form: a linear 3x3 layer, no gradient step). A decoder
   trained on other domains reconstructs a new domain's normals with a systematic error; the correction
   removes it, while anomalies, which the decoder reconstructs toward normal, stay visible;
 * a **radius**: an image farther than ``radius`` from its nearest prototype matches no domain: its score is
@@ -27,7 +28,7 @@ Example:
     >>> top = lambda z: z.flatten(1).amax(dim=1)
     >>> bank.add("ct", domain_descriptor(views), corrections, torch.rand(4, 1, 16, 16), score=top, radius_floor=0.1)
     >>> bank.names, tuple(bank.prototypes.shape), tuple(bank.error_mean.shape), tuple(bank.correction_1.shape)
-    (['ct'], (1, 48), (1, 1, 16, 16), (1, 17, 16))
+    (['ct'], (1, 48), (1, 1, 16, 16), (1, 145, 16))
     >>> index, distance = bank.route(domain_descriptor(views))
     >>> index.tolist(), bool((distance < bank.radii[index]).all())
     ([0, 0, 0, 0], True)
@@ -50,7 +51,10 @@ from torch import nn
 #: has near-zero spread in places; the floor keeps those pixels from exploding).
 SPREAD_FLOOR = 1.0
 #: Ridge strength of the corrections, relative to the mean eigenvalue of the reconstructions' Gram matrix.
-RIDGE = 0.01
+RIDGE = 0.1
+#: Side of the neighbourhood of the reconstruction a correction reads at each position (3: a 3x3 linear layer;
+#: chosen on validation over the five held-out datasets, docs/ablations.md; 1 in checkpoints made before).
+CORRECTION_CONTEXT = 3
 #: A domain's radius: this many times the farthest of its own reference views from its prototype, and at
 #: least the floor :class:`~anomalib_sir.models.sir.torch_model.SirModel` passes (``radius_floor``).
 RADIUS_FACTOR = 3.0
@@ -123,7 +127,8 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         Args:
             name: the domain's name (non-empty).
             descriptors: ``(V, D)`` :func:`domain_descriptor` of the views.
-            corrections: per scale, the ``(C + 1, C)`` affine map of :func:`fit_corrections`.
+            corrections: per scale, the ``(C * context**2 + 1, C)`` map of :func:`fit_corrections` (one context
+                for every domain of a bank).
             error_maps: ``(V, 1, H, W)`` anomaly maps of the same views, with the corrections (two views at least).
             score: the model's image score of ``(B, 1, H, W)`` maps (gives the calibration offset).
             radius_floor: the smallest radius (a one-image domain's views lie very close together).
@@ -177,6 +182,12 @@ class DomainBank(DynamicBufferMixin, nn.Module):
             distance = torch.where(explicit >= 0, torch.zeros_like(distance), distance)
         return index, distance
 
+    def context(self, teacher_features: Sequence[torch.Tensor]) -> int | None:
+        """Neighbourhood side of the registered corrections (``None`` without domains; older checkpoints: 1)."""
+        if not len(self):
+            return None
+        return correction_context(self.correction_0, teacher_features[0].shape[1])
+
     def _corrections(self) -> list[str]:
         return [f"correction_{scale}" for scale in range(self.num_scales)]
 
@@ -195,21 +206,51 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         return torch.where(distance > self.radii[index], torch.full_like(calibrated, float("nan")), calibrated)
 
 
+def neighbourhoods(features: torch.Tensor, context: int) -> torch.Tensor:
+    """``(B, C * context**2, H, W)``: each position's ``context x context`` neighbourhood (zero-padded) as channels.
+
+    Tap-major: channels ``[t * C, (t + 1) * C)`` hold tap ``t`` (row-major; the centre tap is ``context**2 // 2``).
+
+    Example:
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> neighbourhoods(x, 3)[0, :, 0, 0].tolist()
+        [0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 2.0, 3.0]
+
+    """
+    if context == 1:
+        return features
+    pad = context // 2
+    height, width = features.shape[-2:]
+    padded = F.pad(features, (pad, pad, pad, pad))
+    taps = [padded[..., dy : dy + height, dx : dx + width] for dy in range(context) for dx in range(context)]
+    return torch.cat(taps, dim=1)
+
+
+def correction_context(correction: torch.Tensor, channels: int) -> int:
+    """Neighbourhood side of a ``(C * context**2 + 1, C)`` correction (``(..., rows, C)`` per image too)."""
+    return round(((correction.shape[-2] - 1) / channels) ** 0.5)
+
+
 def fit_corrections(
-    teacher_features: Sequence[torch.Tensor], reconstruction: Sequence[torch.Tensor], ridge: float = RIDGE
+    teacher_features: Sequence[torch.Tensor],
+    reconstruction: Sequence[torch.Tensor],
+    ridge: float = RIDGE,
+    context: int = CORRECTION_CONTEXT,
 ) -> list[torch.Tensor]:
-    """Per scale, the ``(C + 1, C)`` affine map ``[r, 1] @ A ≈ t`` over every position of the views (ridge).
+    """Per scale, the ``(C * context**2 + 1, C)`` map ``[neighbourhood(r), 1] @ A ≈ t`` over the views (ridge).
 
     Example:
         >>> t = [torch.randn(3, 4, 5, 5)]
-        >>> (a,) = fit_corrections(t, [t[0] * 2 + 1], ridge=0.0)
+        >>> (a,) = fit_corrections(t, [t[0] * 2 + 1], ridge=0.0, context=1)
         >>> [round(float(v), 3) for v in (a[:4].diagonal().mean(), a[4].mean())]
         [0.5, -0.5]
+        >>> tuple(fit_corrections(t, t)[0].shape)
+        (37, 4)
 
     """
     corrections = []
     for t, r in zip(teacher_features, reconstruction, strict=True):
-        x = r.transpose(0, 1).flatten(1).T.double()
+        x = neighbourhoods(r, context).transpose(0, 1).flatten(1).T.double()
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
         y = t.transpose(0, 1).flatten(1).T.double()
         gram = x.T @ x
@@ -218,33 +259,43 @@ def fit_corrections(
     return corrections
 
 
-def identity_corrections(teacher_features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per scale, the ``(C + 1, C)`` affine map that leaves a reconstruction as it is.
+def identity_corrections(
+    teacher_features: Sequence[torch.Tensor], context: int = CORRECTION_CONTEXT
+) -> list[torch.Tensor]:
+    """Per scale, the ``(C * context**2 + 1, C)`` map that leaves a reconstruction as it is (the centre tap).
 
     Example:
         >>> [tuple(a.shape) for a in identity_corrections([torch.randn(2, 4, 3, 3)])]
-        [(5, 4)]
+        [(37, 4)]
 
     """
-    return [torch.cat([torch.eye(f.shape[1]), torch.zeros(1, f.shape[1])]).to(f) for f in teacher_features]
+    out = []
+    for f in teacher_features:
+        channels, centre = f.shape[1], context**2 // 2
+        identity = torch.zeros(channels * context**2 + 1, channels)
+        identity[centre * channels : (centre + 1) * channels] = torch.eye(channels)
+        out.append(identity.to(f))
+    return out
 
 
 def apply_corrections(
     reconstruction: Sequence[torch.Tensor], corrections: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
-    """``[r, 1] @ A`` at every position of every scale; ``A``: ``(C + 1, C)``, or ``(B, C + 1, C)`` per image.
+    """``[neighbourhood(r), 1] @ A`` at every position of every scale; ``A`` ``(rows, C)``, or ``(B, rows, C)``.
+
+    The neighbourhood's side is read from ``A``'s shape (:func:`correction_context`).
 
     Example:
         >>> r = [torch.randn(2, 3, 4, 4)]
-        >>> identity = torch.cat([torch.eye(3), torch.zeros(1, 3)])
-        >>> torch.allclose(apply_corrections(r, [identity])[0], r[0])
+        >>> torch.allclose(apply_corrections(r, identity_corrections(r))[0], r[0])
         True
 
     """
     out = []
     for r, correction in zip(reconstruction, corrections, strict=True):
-        batch, _, height, width = r.shape
-        flat = r.flatten(2).transpose(1, 2)
+        batch, channels, height, width = r.shape
+        inputs = neighbourhoods(r, correction_context(correction, channels))
+        flat = inputs.flatten(2).transpose(1, 2)
         flat = torch.cat([flat, torch.ones_like(flat[..., :1])], dim=2)
         matrix = correction if correction.ndim == 3 else correction.expand(batch, -1, -1)
         out.append(torch.bmm(flat, matrix).transpose(1, 2).reshape(batch, -1, height, width))

@@ -36,6 +36,7 @@ from anomalib_sir.teacher import create_teacher
 
 from .anomaly_map import DEFAULT_TOPK_RATIO, Features, ScoreMode, SirAnomalyMapGenerator, Size
 from .domains import (
+    CORRECTION_CONTEXT,
     DomainBank,
     _resize,
     apply_corrections,
@@ -198,7 +199,11 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.eval()
         with torch.inference_mode(False):
             features, reconstruction = self.features_and_reconstruction(views)
-            corrections = identity_corrections(features) if trained else fit_corrections(features, reconstruction)
+            context = self.domains.context(features) or CORRECTION_CONTEXT  # a bank keeps one correction shape
+            if trained:
+                corrections = identity_corrections(features, context)
+            else:
+                corrections = fit_corrections(features, reconstruction, context=context)
             self.domains.add(
                 name,
                 domain_descriptor(features),
