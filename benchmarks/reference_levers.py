@@ -22,7 +22,8 @@ from the dataset's own training normal (``Sir.domain_views``: the image and seed
 * ``raw``: the model's own score (the baseline of the rule);
 * ``own-z``: the per-pixel z-map of the reference views' error maps, the dataset's own statistics (in the
   universal model: not pooled over datasets, the failure of the pooled z-map lever);
-* ``own-corr+z``: what ``Sir.add_domain`` fits (affine correction of the reconstruction + z-map);
+* ``own-corr+z``: what ``Sir.add_domain`` fitted before issue 20's sixth round (per-position affine correction
+  of the reconstruction, ridge 0.01, + z-map); ``own-corr3x3+z``: what it fits now (3x3 correction, ridge 0.1);
 * ``own-|z|``: the two-sided z-map (places reconstructed much *better* than in the reference count too);
 * ``global``: no map at all: the cosine distance of the image's style descriptor (per-channel mean and spread
   of every teacher scale, the domain prototype's descriptor) to the reference views' mean descriptor
@@ -43,8 +44,8 @@ and ``SIR+adopted/<pooling>`` its pooling variants); test is reported.
 
 Example:
     >>> [s.name for s in SCORINGS][:8]
-    ['raw', 'own-z', 'own-corr+z', 'own-|z|', 'global', 'raw+global', 'own-z+global', 'own-corr+z+global']
-    >>> [s.name for s in SCORINGS][8:11]
+    ['raw', 'own-z', 'own-corr+z', 'own-corr3x3+z', 'own-|z|', 'global', 'raw+global', 'own-z+global']
+    >>> [s.name for s in SCORINGS][9:12]
     ['own-z/top1%', 'own-z/top5%', 'own-z/top20%']
 
 """
@@ -157,6 +158,7 @@ SCORINGS = (
     Scoring("raw", Variant("raw", ridge=None, normalise="none")),
     Scoring("own-z", Variant("z", ridge=None)),
     Scoring("own-corr+z", Variant("corr+z")),
+    Scoring("own-corr3x3+z", Variant("corr3x3(0.1)+z", ridge=0.1, context=3)),
     Scoring("own-|z|", Variant("z", ridge=None), two_sided=True),
     Scoring("global", None),
     Scoring("raw+global", Variant("raw", ridge=None, normalise="none"), global_term=True),

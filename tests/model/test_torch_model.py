@@ -256,7 +256,7 @@ def test_no_module_of_the_package_imports_unittest() -> None:
     assert not offenders
 
 
-def test_domain_corrections_read_a_3x3_neighbourhood_and_older_per_position_banks_keep_theirs() -> None:
+def test_domain_corrections_read_a_3x3_neighbourhood_and_older_per_position_banks_are_widened() -> None:
     from anomalib_sir.models.sir.domains import CORRECTION_CONTEXT, domain_descriptor, fit_corrections
 
     model = SirModel(pre_trained=False, width=8, loops=1).eval()
@@ -271,6 +271,9 @@ def test_domain_corrections_read_a_3x3_neighbourhood_and_older_per_position_bank
     corrections = fit_corrections(features, reconstruction, context=1)
     maps = old.raw_anomaly_map(features, reconstruction, views.shape[-2:])
     old.domains.add("before", domain_descriptor(features), corrections, maps, old.anomaly_map_generator.score, 2.0)
-    old.add_domain("after", views)  # a new domain takes the bank's per-position shape
-    assert old.domains.correction_1.shape[1:] == (features[1].shape[1] + 1, features[1].shape[1])
-    assert old(queries).pred_score.isfinite().all()
+    before = old(queries).pred_score
+    old.add_domain("after", views)  # the old domain's maps are rewritten as 3x3 ones that score the same
+    channels = features[1].shape[1]
+    assert old.domains.correction_1.shape[1:] == (channels * CORRECTION_CONTEXT**2 + 1, channels)
+    routed = torch.zeros(len(queries), dtype=torch.long)  # to "before"
+    assert torch.allclose(old(queries, domain=routed).pred_score, before, atol=1e-5)

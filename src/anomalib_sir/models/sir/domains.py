@@ -182,11 +182,35 @@ class DomainBank(DynamicBufferMixin, nn.Module):
             distance = torch.where(explicit >= 0, torch.zeros_like(distance), distance)
         return index, distance
 
-    def context(self, teacher_features: Sequence[torch.Tensor]) -> int | None:
-        """Neighbourhood side of the registered corrections (``None`` without domains; older checkpoints: 1)."""
-        if not len(self):
-            return None
-        return correction_context(self.correction_0, teacher_features[0].shape[1])
+    @torch.no_grad()
+    def widen(self, context: int) -> None:
+        """Rewrite the registered corrections as ``context x context`` ones that score exactly as they did.
+
+        A checkpoint made before the 3x3 corrections holds per-position ``(C + 1, C)`` maps: each becomes the
+        centre tap of a ``(C * context**2 + 1, C)`` map (zeros elsewhere), so domains added later share one shape.
+
+        Example:
+            >>> bank = DomainBank(num_scales=1)
+            >>> views = [torch.randn(4, 8, 4, 4)]
+            >>> bank.add("old", domain_descriptor(views), fit_corrections(views, views, context=1),
+            ...          torch.rand(4, 1, 8, 8), score=lambda z: z.flatten(1).amax(dim=1), radius_floor=0.1)
+            >>> first = torch.zeros(4, dtype=torch.long)
+            >>> before = bank.correct(views, first)[0]
+            >>> bank.widen(3)
+            >>> tuple(bank.correction_0.shape), torch.allclose(bank.correct(views, first)[0], before)
+            ((1, 73, 8), True)
+
+        """
+        for name in self._corrections():
+            correction = getattr(self, name)
+            if not len(self) or correction.shape[1] != correction.shape[2] + 1 or context == 1:
+                continue  # no domains, or already wider than per position
+            domains, _, channels = correction.shape
+            centre = context**2 // 2
+            wide = correction.new_zeros(domains, channels * context**2 + 1, channels)
+            wide[:, centre * channels : (centre + 1) * channels] = correction[:, :channels]
+            wide[:, -1] = correction[:, -1]
+            setattr(self, name, wide)
 
     def _corrections(self) -> list[str]:
         return [f"correction_{scale}" for scale in range(self.num_scales)]

@@ -199,11 +199,8 @@ class SirModel(DynamicBufferMixin, nn.Module):
         self.eval()
         with torch.inference_mode(False):
             features, reconstruction = self.features_and_reconstruction(views)
-            context = self.domains.context(features) or CORRECTION_CONTEXT  # a bank keeps one correction shape
-            if trained:
-                corrections = identity_corrections(features, context)
-            else:
-                corrections = fit_corrections(features, reconstruction, context=context)
+            self.domains.widen(CORRECTION_CONTEXT)  # an older checkpoint's per-position corrections, rewritten
+            corrections = identity_corrections(features) if trained else fit_corrections(features, reconstruction)
             self.domains.add(
                 name,
                 domain_descriptor(features),
