@@ -503,9 +503,14 @@ def ensemble(config: BenchmarkConfig, adopted: list[Path], reseeded: Path) -> li
             data.setup()
             splits = {"val": data.val_data, "test": data.test_data}
             references, prepared = raw_images(data.train_data), prepared_splits(models[0], name, splits)
-            maps = [raw_maps(sir, references, prepared) for sir in models]
+            size = next(iter(prepared.values())).shape[-2:]
+            outputs = [model_outputs(sir, references, prepared) for sir in models]  # one teacher: shared features
+            maps = [{s: generator(f, r, size) for s, (f, r) in out.items()} for out in outputs]
             mean = {s: (maps[0][s] + maps[1][s]) / 2 for s in maps[0]}
-            averaged = feature_mean_maps(models, references, prepared)
+            averaged = {
+                s: generator(f, [(a + b) / 2 for a, b in zip(r, outputs[1][s][1], strict=True)], size)
+                for s, (f, r) in outputs[0].items()
+            }
             z_maps = {
                 "ensemble2/own-z": {s: sum(normalised(m[s], m[VIEWS], "pixel") for m in maps) / 2 for s in splits},
                 "ensemble2/raw-mean": {s: normalised(mean[s], mean[VIEWS], "pixel") for s in splits},
@@ -521,25 +526,10 @@ def ensemble(config: BenchmarkConfig, adopted: list[Path], reseeded: Path) -> li
 
 
 @torch.no_grad()
-def feature_mean_maps(models: list[Sir], references: list[torch.Tensor], prepared: dict[str, torch.Tensor]) -> dict:
-    """``{split: map}`` of the models' mean reconstruction (one teacher: the models share it), views under ``VIEWS``."""
-    generator = models[0].model.anomaly_map_generator
-    size = next(iter(prepared.values())).shape[-2:]
-    out = {}
-    for split, x in {**prepared, VIEWS: models[0].domain_views(references)}.items():
-        pairs = [sir.model.features_and_reconstruction(x) for sir in models]
-        mean = [torch.stack(scale).mean(dim=0) for scale in zip(*(r for _, r in pairs), strict=True)]
-        out[split] = generator(pairs[0][0], mean, size)
-    return out
-
-
-@torch.no_grad()
-def raw_maps(sir: Sir, references: list[torch.Tensor], prepared: dict[str, torch.Tensor]) -> dict:
-    """``{split: map}``: the model's raw maps of each split and (under ``VIEWS``) of its reference views."""
-    model, generator = sir.model, sir.model.anomaly_map_generator
-    size = next(iter(prepared.values())).shape[-2:]
+def model_outputs(sir: Sir, references: list[torch.Tensor], prepared: dict[str, torch.Tensor]) -> dict:
+    """``{split: (features, reconstruction)}`` of each split and (under ``VIEWS``) of the reference views."""
     inputs = {**prepared, VIEWS: sir.domain_views(references)}
-    return {s: generator(*model.features_and_reconstruction(x), size) for s, x in inputs.items()}
+    return {s: sir.model.features_and_reconstruction(x) for s, x in inputs.items()}
 
 
 def groups_of(config: BenchmarkConfig, setting: str) -> list[list[str]]:

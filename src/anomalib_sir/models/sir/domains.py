@@ -203,14 +203,8 @@ class DomainBank(DynamicBufferMixin, nn.Module):
         """
         for name in self._corrections():
             correction = getattr(self, name)
-            if not len(self) or correction.shape[1] != correction.shape[2] + 1 or context == 1:
-                continue  # no domains, or already wider than per position
-            domains, _, channels = correction.shape
-            centre = context**2 // 2
-            wide = correction.new_zeros(domains, channels * context**2 + 1, channels)
-            wide[:, centre * channels : (centre + 1) * channels] = correction[:, :channels]
-            wide[:, -1] = correction[:, -1]
-            setattr(self, name, wide)
+            if len(self) and correction.shape[1] == correction.shape[2] + 1:  # per position
+                setattr(self, name, centre_tap(correction, context))
 
     def _corrections(self) -> list[str]:
         return [f"correction_{scale}" for scale in range(self.num_scales)]
@@ -248,6 +242,22 @@ def neighbourhoods(features: torch.Tensor, context: int) -> torch.Tensor:
     padded = F.pad(features, (pad, pad, pad, pad))
     taps = [padded[..., dy : dy + height, dx : dx + width] for dy in range(context) for dx in range(context)]
     return torch.cat(taps, dim=1)
+
+
+def centre_tap(correction: torch.Tensor, context: int) -> torch.Tensor:
+    """Rewrite a per-position ``(..., C + 1, C)`` map as a ``(..., C * context**2 + 1, C)`` one reading the centre.
+
+    Example:
+        >>> wide = centre_tap(torch.cat([torch.eye(2), torch.ones(1, 2)]), 3)
+        >>> tuple(wide.shape), wide[8:10].tolist(), wide[-1].tolist(), float(wide.abs().sum())
+        ((19, 2), [[1.0, 0.0], [0.0, 1.0]], [1.0, 1.0], 4.0)
+
+    """
+    channels, centre = correction.shape[-1], context**2 // 2
+    wide = correction.new_zeros(*correction.shape[:-2], channels * context**2 + 1, channels)
+    wide[..., centre * channels : (centre + 1) * channels, :] = correction[..., :channels, :]
+    wide[..., -1, :] = correction[..., -1, :]
+    return wide
 
 
 def correction_context(correction: torch.Tensor, channels: int) -> int:
@@ -293,13 +303,10 @@ def identity_corrections(
         [(37, 4)]
 
     """
-    out = []
-    for f in teacher_features:
-        channels, centre = f.shape[1], context**2 // 2
-        identity = torch.zeros(channels * context**2 + 1, channels)
-        identity[centre * channels : (centre + 1) * channels] = torch.eye(channels)
-        out.append(identity.to(f))
-    return out
+    return [
+        centre_tap(torch.cat([torch.eye(f.shape[1]), torch.zeros(1, f.shape[1])]).to(f), context)
+        for f in teacher_features
+    ]
 
 
 def apply_corrections(
