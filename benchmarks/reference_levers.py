@@ -15,9 +15,6 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
   size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
   ones too, where a donor would be the reference itself).
-* ``cosine``, ``ema`` (``OPTIMISATIONS``): ``Sir()``'s training with the learning rate decayed to 0 over the
-  steps (cosine), or ending with an exponential moving average of the student's weights instead of the last
-  step's (the noise floor of the sixth round: one training's final weights move a cell by 0.02-0.03).
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -208,12 +205,7 @@ REPAIRS = {
 #: a cell; averaged with the ``ADOPTED`` model (``--ensemble``), a two-decoder ensemble.
 INIT_SEED_OFFSET = 1000
 RESEEDED = {"init2": INIT_SEED_OFFSET}
-#: Issue 19's seventh round: how the decoder's weights are optimised (``Sir()``: AdamW at a constant learning
-#: rate, the last step's weights): ``cosine`` decays the learning rate to 0 over the training steps; ``ema``
-#: keeps an exponential moving average of the student's weights (decay ``EMA_DECAY``) and ends with it.
-OPTIMISATIONS = ("cosine", "ema")
-EMA_DECAY = 0.99
-TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED, *OPTIMISATIONS)
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -410,43 +402,6 @@ class RepairVariantSir(Sir):
         super().on_fit_end()
 
 
-class OptimisationSir(Sir):
-    """``Sir`` whose decoder is optimised as ``OPTIMISATIONS`` says (``optimisation``: one of its names)."""
-
-    def __init__(self, optimisation: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.optimisation = optimisation
-        self._average: list[torch.Tensor] = []
-
-    def configure_optimizers(self):
-        """``Sir``'s AdamW; ``cosine``: its learning rate decays to 0 over the trainer's steps."""
-        optimizer = super().configure_optimizers()
-        if self.optimisation != "cosine":
-            return optimizer
-        steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        """``ema``: move the average towards the weights of this step."""
-        super().on_train_batch_end(*args, **kwargs)
-        if self.optimisation == "ema":
-            with torch.no_grad():
-                parameters = self.model.trainable_parameters()
-                if not self._average:
-                    self._average = [p.detach().clone() for p in parameters]
-                for average, parameter in zip(self._average, parameters, strict=True):
-                    average.lerp_(parameter.detach(), 1 - EMA_DECAY)
-
-    def on_train_end(self) -> None:
-        """``ema``: the averaged weights replace the last step's, before ``Sir`` fits anything to the decoder."""
-        if self._average:
-            with torch.no_grad():
-                for average, parameter in zip(self._average, self.model.trainable_parameters(), strict=True):
-                    parameter.copy_(average)
-        super().on_train_end()
-
-
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -470,14 +425,12 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = universal if training in {*ARGUMENTS, *RESEEDED, *OPTIMISATIONS} else training == "repair"
+        repairs = universal if training in {*ARGUMENTS, *RESEEDED} else training == "repair"
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
     if training in REPAIRS:
         class_path, init_args["variant"] = "reference_levers.RepairVariantSir", training
-    if training in OPTIMISATIONS:
-        class_path, init_args["optimisation"] = "reference_levers.OptimisationSir", training
     return replace(spec, class_path=class_path, init_args=init_args)
 
 
