@@ -15,9 +15,6 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
   size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
   ones too, where a donor would be the reference itself).
-* ``repair+blur`` (``BLURRED``): ``Sir()``'s training plus a "loss of detail" corruption, a large box blurred
-  (``blurred_boxes``), in the specialised models too: blur, oedema and cataract make features *easier* to
-  reconstruct, so a decoder that never learnt to sharpen scores them as normal (fundus maps below chance).
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -65,14 +62,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812
-import torchvision.transforms.v2.functional as TF  # noqa: N812
 
 from anomalib_sir import Sir
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
-from anomalib_sir.models.sir import lightning_model, repair
+from anomalib_sir.models.sir import repair
 from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.torch_model import standardize_images
 
@@ -209,14 +205,7 @@ REPAIRS = {
 #: a cell; averaged with the ``ADOPTED`` model (``--ensemble``), a two-decoder ensemble.
 INIT_SEED_OFFSET = 1000
 RESEEDED = {"init2": INIT_SEED_OFFSET}
-#: Issue 19's seventh round: a "loss of detail" corruption (``BlurRepairSir``): with ``BLUR_PROBABILITY`` per
-#: view, a large box (``BLUR_SIZE`` of the side) is Gaussian-blurred (sigma ``BLUR_SIGMA`` pixels), on top of
-#: ``Sir()``'s corruption where it has one (universal) and alone in the specialised models.
-BLURRED = ("repair+blur",)
-BLUR_PROBABILITY = 0.5
-BLUR_SIZE = (0.2, 0.8)
-BLUR_SIGMA = (1.0, 3.0)
-TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED, *BLURRED)
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -413,53 +402,6 @@ class RepairVariantSir(Sir):
         super().on_fit_end()
 
 
-def blurred_boxes(views: torch.Tensor, probability: float) -> torch.Tensor:
-    """Return a copy of ``(B, C, H, W)`` views, each blurred inside one large box with ``probability``.
-
-    Example:
-        >>> _ = torch.manual_seed(0)
-        >>> views = (torch.arange(4 * 32 * 32) % 2).float().reshape(4, 1, 32, 32)
-        >>> out = blurred_boxes(views, probability=1.0)
-        >>> bool((out != views).any()), bool(out.std() < views.std())
-        (True, True)
-
-    """
-    out = views.clone()
-    height, width = views.shape[-2:]
-    for i in range(len(views)):
-        if torch.rand(()) >= probability:
-            continue
-        side = torch.empty(2).uniform_(*BLUR_SIZE)
-        h, w = max(2, int(side[0] * height)), max(2, int(side[1] * width))
-        top, left = int(torch.randint(0, height - h + 1, ())), int(torch.randint(0, width - w + 1, ()))
-        sigma = float(torch.empty(()).uniform_(*BLUR_SIGMA))
-        kernel = 2 * int(3 * sigma) + 1
-        blurred = TF.gaussian_blur(views[i : i + 1], [kernel, kernel], [sigma, sigma])
-        out[i, :, top : top + h, left : left + w] = blurred[0, :, top : top + h, left : left + w]
-    return out
-
-
-class BlurRepairSir(Sir):
-    """``Sir`` whose training views also get ``blurred_boxes`` (after ``Sir()``'s corruption, where it has one)."""
-
-    def on_fit_start(self) -> None:
-        """``Sir``'s decision on its own corruption, then the blur on every model (patched while it trains)."""
-        super().on_fit_start()
-        own = self._repairs
-        self._repairs = True
-
-        def corrupt(views: torch.Tensor, donors: torch.Tensor, probability: float) -> torch.Tensor:
-            views = repair.corrupt_views(views, donors, probability) if own else views
-            return blurred_boxes(views, BLUR_PROBABILITY)
-
-        lightning_model.corrupt_views = corrupt
-
-    def on_fit_end(self) -> None:
-        """Restore ``Sir``'s corruption."""
-        lightning_model.corrupt_views = repair.corrupt_views
-        super().on_fit_end()
-
-
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -483,14 +425,12 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = universal if training in {*ARGUMENTS, *RESEEDED, *BLURRED} else training == "repair"
+        repairs = universal if training in {*ARGUMENTS, *RESEEDED} else training == "repair"
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
     if training in REPAIRS:
         class_path, init_args["variant"] = "reference_levers.RepairVariantSir", training
-    if training in BLURRED:
-        class_path = "reference_levers.BlurRepairSir"
     return replace(spec, class_path=class_path, init_args=init_args)
 
 
