@@ -15,6 +15,9 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
   size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
   ones too, where a donor would be the reference itself).
+* ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
+  ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
+* ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3.
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -53,6 +56,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import types
@@ -68,7 +72,7 @@ from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
-from anomalib_sir.models.sir import repair
+from anomalib_sir.models.sir import lightning_model, repair
 from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.torch_model import standardize_images
 
@@ -205,7 +209,14 @@ REPAIRS = {
 #: a cell; averaged with the ``ADOPTED`` model (``--ensemble``), a two-decoder ensemble.
 INIT_SEED_OFFSET = 1000
 RESEEDED = {"init2": INIT_SEED_OFFSET}
-TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED)
+#: Issue 19's eighth round: the repair corruption inside an irregular blob (``PerlinRepairSir``): a Perlin noise
+#: on a lattice of ``PERLIN_CELLS`` cells per axis, thresholded so that ``PERLIN_AREA`` of the image is covered.
+PERLIN = ("repair-perlin",)
+PERLIN_CELLS = (2, 4, 8)
+PERLIN_AREA = (0.01, 0.16)
+#: Issue 19's eighth round: ``Sir()``'s training with another learning rate (``LearningRateSir``).
+LEARNING_RATES = {"lr3e-3": 3e-3}
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED, *PERLIN, *LEARNING_RATES)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -402,6 +413,89 @@ class RepairVariantSir(Sir):
         super().on_fit_end()
 
 
+def perlin_noise(height: int, width: int, cells: tuple[int, int]) -> torch.Tensor:
+    """Return ``(height, width)`` 2-D gradient (Perlin) noise on a lattice of ``cells`` cells per axis.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> noise = perlin_noise(32, 48, (4, 2))
+        >>> tuple(noise.shape), bool(noise.abs().max() < 1), bool(noise.std() > 0.05)
+        ((32, 48), True, True)
+
+    """
+    angles = torch.rand(cells[0] + 1, cells[1] + 1) * 2 * math.pi
+    gradients = torch.stack([angles.sin(), angles.cos()], dim=-1)
+    y = torch.arange(height) * cells[0] / height
+    x = torch.arange(width) * cells[1] / width
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    y0, x0 = yy.long(), xx.long()
+    fy, fx = yy - y0, xx - x0
+
+    def corner(dy: int, dx: int) -> torch.Tensor:
+        g = gradients[y0 + dy, x0 + dx]
+        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
+
+    u, v = (t**3 * (t * (t * 6 - 15) + 10) for t in (fy, fx))
+    top = corner(0, 0) * (1 - v) + corner(0, 1) * v
+    bottom = corner(1, 0) * (1 - v) + corner(1, 1) * v
+    return top * (1 - u) + bottom * u
+
+
+def perlin_masks(views: torch.Tensor, donors: torch.Tensor, probability: float) -> torch.Tensor:
+    """``repair.corrupt_views`` with an irregular Perlin blob (``PERLIN_AREA`` of the image) in place of its box.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> views = torch.zeros(4, 3, 32, 32)
+        >>> out = perlin_masks(views, donors=torch.ones(4, 3, 32, 32), probability=1.0)
+        >>> changed = (out != 0).any(dim=1).float().mean(dim=(1, 2))
+        >>> bool((changed > 0).all()), bool((changed <= 0.2).all()), bool((views == 0).all())
+        (True, True, True)
+
+    """
+    out = views.clone()
+    height, width = views.shape[-2:]
+    for i in range(len(views)):
+        if torch.rand(()) >= probability:
+            continue
+        cells = [PERLIN_CELLS[int(torch.randint(len(PERLIN_CELLS), ()))] for _ in range(2)]
+        noise = perlin_noise(height, width, (cells[0], cells[1]))
+        area = float(torch.empty(()).uniform_(*PERLIN_AREA))
+        mask = noise >= torch.quantile(noise.flatten(), 1 - area)
+        if torch.rand(()) < repair.REPAIR_BLEND_SHARE:
+            alpha = float(torch.empty(()).uniform_(*repair.REPAIR_ALPHA))
+            out[i, :, mask] = (1 - alpha) * out[i, :, mask] + alpha * donors[i, :, mask]
+        else:
+            gain = float(torch.empty(()).uniform_(1 - repair.REPAIR_GAIN, 1 + repair.REPAIR_GAIN))
+            inside = out[i, :, mask]
+            mean = inside.mean()
+            out[i, :, mask] = (inside - mean) * gain + mean + float(torch.empty(()).uniform_(-0.5, 0.5))
+    return out
+
+
+class PerlinRepairSir(Sir):
+    """``Sir`` whose repair corrupts a Perlin blob (``perlin_masks``) instead of a box (patched while it trains)."""
+
+    def on_fit_start(self) -> None:
+        """``Sir``'s decision on repair, then the blob corruption."""
+        super().on_fit_start()
+        lightning_model.corrupt_views = perlin_masks
+
+    def on_fit_end(self) -> None:
+        """Restore ``Sir``'s corruption."""
+        lightning_model.corrupt_views = repair.corrupt_views
+        super().on_fit_end()
+
+
+class LearningRateSir(Sir):
+    """``Sir`` trained with the learning rate ``LEARNING_RATES[variant]``."""
+
+    def __init__(self, variant: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.variant = variant
+        self.LEARNING_RATE = LEARNING_RATES[variant]
+
+
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -425,12 +519,16 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = universal if training in {*ARGUMENTS, *RESEEDED} else training == "repair"
+        repairs = universal if training in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES} else training == "repair"
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
     if training in REPAIRS:
         class_path, init_args["variant"] = "reference_levers.RepairVariantSir", training
+    if training in PERLIN:
+        class_path = "reference_levers.PerlinRepairSir"
+    if training in LEARNING_RATES:
+        class_path, init_args["variant"] = "reference_levers.LearningRateSir", training
     return replace(spec, class_path=class_path, init_args=init_args)
 
 
@@ -444,7 +542,9 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
     rows = []
     for training in trainings:
         for setting in settings:
-            if training in REPAIRS and setting == "specialized" and not REPAIRS[training].specialized:
+            if setting == "specialized" and (
+                training in PERLIN or (training in REPAIRS and not REPAIRS[training].specialized)
+            ):
                 continue  # trained as ``plain``: the baseline's own specialised models
             config.models[f"SIR/{training}"] = model_spec(config, training, setting)
             for group in groups_of(config, setting):
