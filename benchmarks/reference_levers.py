@@ -17,7 +17,8 @@ dataset's training normal) and specialised (one model per dataset), each in thre
   ones too, where a donor would be the reference itself).
 * ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
   ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
-* ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3.
+* ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3;
+* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400.
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -216,7 +217,9 @@ PERLIN_CELLS = (2, 4, 8)
 PERLIN_AREA = (0.01, 0.16)
 #: Issue 19's eighth round: ``Sir()``'s training with another learning rate (``LearningRateSir``).
 LEARNING_RATES = {"lr3e-3": 3e-3}
-TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED, *PERLIN, *LEARNING_RATES)
+#: Issue 19's eighth round: ``Sir()``'s training for more steps (the grid's ``max_steps`` is 400).
+STEPS = {"steps600": 600}
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -519,7 +522,9 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = universal if training in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES} else training == "repair"
+        repairs = (
+            universal if training in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS} else training == "repair"
+        )
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
@@ -529,7 +534,8 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
         class_path = "reference_levers.PerlinRepairSir"
     if training in LEARNING_RATES:
         class_path, init_args["variant"] = "reference_levers.LearningRateSir", training
-    return replace(spec, class_path=class_path, init_args=init_args)
+    trainer = {**spec.trainer, "max_steps": STEPS[training]} if training in STEPS else spec.trainer
+    return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer)
 
 
 def grid_of(config: BenchmarkConfig, training: str) -> BenchmarkConfig:
