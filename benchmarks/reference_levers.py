@@ -18,7 +18,11 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
   ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
 * ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3;
-* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400.
+* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400;
+* ``views-x2``, ``views-x0.5`` (``VIEW_STRENGTHS``): ``Sir()`` with every augmentation strength (rotation,
+  shift, zoom, gain, bias) doubled or halved: the training views and the reference views of the z-map;
+  ``views-bilinear``: ``Sir()``'s views resampled bilinearly (``RandomAffine``'s default is nearest: jagged
+  edges that the decoder learns and that the reference views' error statistics count).
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -67,6 +71,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torchvision.transforms import v2
 
 from anomalib_sir import Sir
 from anomalib_sir.benchmark.config import BenchmarkConfig
@@ -219,7 +224,13 @@ PERLIN_AREA = (0.01, 0.16)
 LEARNING_RATES = {"lr3e-3": 3e-3}
 #: Issue 19's eighth round: ``Sir()``'s training for more steps (the grid's ``max_steps`` is 400).
 STEPS = {"steps600": 600}
-TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS)
+#: Issue 19's eighth round: every augmentation strength of ``Sir`` times this factor (``scaled_views``).
+VIEW_STRENGTHS = {"views-x2": 2.0, "views-x0.5": 0.5}
+BILINEAR = ("views-bilinear",)
+TRAININGS = (
+    *("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED),
+    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR),
+)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -499,6 +510,40 @@ class LearningRateSir(Sir):
         self.LEARNING_RATE = LEARNING_RATES[variant]
 
 
+def scaled_views(factor: float) -> type[Sir]:
+    """Return a ``Sir`` subclass whose augmentation strengths are ``factor`` times ``Sir``'s.
+
+    Example:
+        >>> scaled_views(2.0).configure_augmentation().transforms[1].degrees
+        [-20.0, 20.0]
+
+    """
+    names = ("ROTATION_DEGREES", "TRANSLATE_FRACTION", "SCALE_JITTER", "GAIN_JITTER", "BIAS_JITTER")
+    constants = {name: getattr(Sir, name) * factor for name in names}
+    return type(f"ViewsX{factor:g}Sir".replace(".", "_"), (Sir,), constants)
+
+
+VIEW_CLASSES = {training: scaled_views(factor) for training, factor in VIEW_STRENGTHS.items()}
+globals().update({cls.__name__: cls for cls in VIEW_CLASSES.values()})
+
+
+class BilinearViewsSir(Sir):
+    """``Sir`` whose augmented views are resampled bilinearly (``Sir``'s ``RandomAffine`` samples the nearest pixel)."""
+
+    @classmethod
+    def configure_augmentation(cls) -> v2.Transform:
+        """``Sir``'s views with bilinear interpolation.
+
+        Example:
+            >>> BilinearViewsSir.configure_augmentation().transforms[1].interpolation.value
+            'bilinear'
+
+        """
+        views = Sir.configure_augmentation()
+        views.transforms[1].interpolation = v2.InterpolationMode.BILINEAR
+        return views
+
+
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -523,7 +568,9 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
         repairs = universal or REPAIRS[training].specialized
     else:
         repairs = (
-            universal if training in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS} else training == "repair"
+            universal
+            if training in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR}
+            else training == "repair"
         )
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
@@ -534,6 +581,10 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
         class_path = "reference_levers.PerlinRepairSir"
     if training in LEARNING_RATES:
         class_path, init_args["variant"] = "reference_levers.LearningRateSir", training
+    if training in VIEW_STRENGTHS:
+        class_path = f"reference_levers.{VIEW_CLASSES[training].__name__}"
+    if training in BILINEAR:
+        class_path = "reference_levers.BilinearViewsSir"
     trainer = {**spec.trainer, "max_steps": STEPS[training]} if training in STEPS else spec.trainer
     return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer)
 
