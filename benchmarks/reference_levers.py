@@ -22,7 +22,10 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``views-x2``, ``views-x0.5`` (``VIEW_STRENGTHS``): ``Sir()`` with every augmentation strength (rotation,
   shift, zoom, gain, bias) doubled or halved: the training views and the reference views of the z-map;
   ``views-bilinear``: ``Sir()``'s views resampled bilinearly (``RandomAffine``'s default is nearest: jagged
-  edges that the decoder learns and that the reference views' error statistics count).
+  edges that the decoder learns and that the reference views' error statistics count); ``views-border-fill``:
+  what rotation, shift and zoom uncover is filled with the image's own border value (the mean of its outermost
+  pixels: black air or background for CT, X-ray, ultrasound and fundus), not with ``Sir()``'s 0 of the
+  normalised tensor (mid-grey), which no test image has.
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -227,9 +230,10 @@ STEPS = {"steps600": 600}
 #: Issue 19's eighth round: every augmentation strength of ``Sir`` times this factor (``scaled_views``).
 VIEW_STRENGTHS = {"views-x2": 2.0, "views-x0.5": 0.5}
 BILINEAR = ("views-bilinear",)
+BORDER_FILL = ("views-border-fill",)
 TRAININGS = (
     *("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED),
-    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR),
+    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL),
 )
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
@@ -544,6 +548,44 @@ class BilinearViewsSir(Sir):
         return views
 
 
+class BorderFillViewsSir(Sir):
+    """``Sir`` whose views fill what the affine uncovers with each image's border value, not 0 (mid-grey)."""
+
+    def _augment(self, images: torch.Tensor, augmentation: v2.Transform | None = None) -> torch.Tensor:
+        """``Sir``'s views, the geometric part of ``images - border`` plus ``border`` (linear: fill = border).
+
+        Example:
+            >>> model = BorderFillViewsSir(image_size=(32, 32), width=16, loops=1, pre_trained=False)
+            >>> model.GAIN_JITTER = model.BIAS_JITTER = 0.0
+            >>> views = model._augment(torch.full((2, 3, 32, 32), -1.0))
+            >>> bool(torch.allclose(views, torch.tensor(-1.0)))
+            True
+
+        """
+        augmentation = augmentation or self.augmentation
+        if augmentation is None:
+            return images
+        border = border_values(images)
+        geometric = torch.stack([augmentation(image) for image in images - border]) + border
+        shape = (len(images), 1, 1, 1)
+        gain = torch.empty(shape, device=images.device).uniform_(1 - self.GAIN_JITTER, 1 + self.GAIN_JITTER)
+        return geometric * gain + torch.empty(shape, device=images.device).uniform_(-self.BIAS_JITTER, self.BIAS_JITTER)
+
+
+def border_values(images: torch.Tensor) -> torch.Tensor:
+    """``(B, C, 1, 1)`` mean of each image's outermost row and column of pixels.
+
+    Example:
+        >>> images = torch.zeros(1, 1, 4, 4)
+        >>> images[..., 1:3, 1:3] = 5.0
+        >>> border_values(images).flatten().tolist()
+        [0.0]
+
+    """
+    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+    return ring.mean(dim=-1, keepdim=True).unsqueeze(-1)
+
+
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -569,7 +611,8 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     else:
         repairs = (
             universal
-            if training in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR}
+            if training
+            in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL}
             else training == "repair"
         )
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
@@ -585,6 +628,8 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
         class_path = f"reference_levers.{VIEW_CLASSES[training].__name__}"
     if training in BILINEAR:
         class_path = "reference_levers.BilinearViewsSir"
+    if training in BORDER_FILL:
+        class_path = "reference_levers.BorderFillViewsSir"
     trainer = {**spec.trainer, "max_steps": STEPS[training]} if training in STEPS else spec.trainer
     return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer)
 
