@@ -18,7 +18,8 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
   ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
 * ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3;
-* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400;
+* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400; ``batch16``
+  (``BATCHES``): 16 views per step instead of the grid's 8;
 * ``views-x2``, ``views-x0.5`` (``VIEW_STRENGTHS``): ``Sir()`` with every augmentation strength (rotation,
   shift, zoom, gain, bias) doubled or halved: the training views and the reference views of the z-map;
   ``views-bilinear``: ``Sir()``'s views resampled bilinearly (``RandomAffine``'s default is nearest: jagged
@@ -227,13 +228,14 @@ PERLIN_AREA = (0.01, 0.16)
 LEARNING_RATES = {"lr3e-3": 3e-3}
 #: Issue 19's eighth round: ``Sir()``'s training for more steps (the grid's ``max_steps`` is 400).
 STEPS = {"steps600": 600}
+BATCHES = {"batch16": 16}
 #: Issue 19's eighth round: every augmentation strength of ``Sir`` times this factor (``scaled_views``).
 VIEW_STRENGTHS = {"views-x2": 2.0, "views-x0.5": 0.5}
 BILINEAR = ("views-bilinear",)
 BORDER_FILL = ("views-border-fill",)
 TRAININGS = (
     *("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED),
-    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL),
+    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL, *BATCHES),
 )
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
@@ -612,7 +614,17 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
         repairs = (
             universal
             if training
-            in {*ARGUMENTS, *RESEEDED, *PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL}
+            in {
+                *ARGUMENTS,
+                *RESEEDED,
+                *PERLIN,
+                *LEARNING_RATES,
+                *STEPS,
+                *VIEW_STRENGTHS,
+                *BILINEAR,
+                *BORDER_FILL,
+                *BATCHES,
+            }
             else training == "repair"
         )
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
@@ -631,7 +643,8 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in BORDER_FILL:
         class_path = "reference_levers.BorderFillViewsSir"
     trainer = {**spec.trainer, "max_steps": STEPS[training]} if training in STEPS else spec.trainer
-    return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer)
+    batch = BATCHES.get(training, spec.train_batch_size)
+    return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer, train_batch_size=batch)
 
 
 def grid_of(config: BenchmarkConfig, training: str) -> BenchmarkConfig:
