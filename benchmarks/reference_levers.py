@@ -18,8 +18,9 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
   ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
 * ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3;
-* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400; ``batch16``
-  (``BATCHES``): 16 views per step instead of the grid's 8;
+* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400;
+* ``views8-per-step`` (``ViewsPerStepSir``): each step's batch (one-shot: the 1 or 5 training images, whatever
+  ``train_batch_size`` says) repeated until it holds at least ``VIEWS_PER_STEP`` views, each augmented apart;
 * ``views-x2``, ``views-x0.5`` (``VIEW_STRENGTHS``): ``Sir()`` with every augmentation strength (rotation,
   shift, zoom, gain, bias) doubled or halved: the training views and the reference views of the z-map;
   ``views-bilinear``: ``Sir()``'s views resampled bilinearly (``RandomAffine``'s default is nearest: jagged
@@ -228,14 +229,16 @@ PERLIN_AREA = (0.01, 0.16)
 LEARNING_RATES = {"lr3e-3": 3e-3}
 #: Issue 19's eighth round: ``Sir()``'s training for more steps (the grid's ``max_steps`` is 400).
 STEPS = {"steps600": 600}
-BATCHES = {"batch16": 16}
+#: Issue 19's eighth round: at least this many augmented views per training step (``ViewsPerStepSir``).
+VIEWS_PER_STEP = 8
+PER_STEP = ("views8-per-step",)
 #: Issue 19's eighth round: every augmentation strength of ``Sir`` times this factor (``scaled_views``).
 VIEW_STRENGTHS = {"views-x2": 2.0, "views-x0.5": 0.5}
 BILINEAR = ("views-bilinear",)
 BORDER_FILL = ("views-border-fill",)
 TRAININGS = (
     *("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED),
-    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL, *BATCHES),
+    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL, *PER_STEP),
 )
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
@@ -588,6 +591,34 @@ def border_values(images: torch.Tensor) -> torch.Tensor:
     return ring.mean(dim=-1, keepdim=True).unsqueeze(-1)
 
 
+class ViewsPerStepSir(Sir):
+    """``Sir`` whose training steps see at least ``VIEWS_PER_STEP`` augmented views (the batch repeated)."""
+
+    expanding = False
+
+    def training_step(self, batch, *args, **kwargs):
+        """``Sir``'s step, its views made from the batch's images repeated (``_augment``)."""
+        self.expanding = True
+        try:
+            return super().training_step(batch, *args, **kwargs)
+        finally:
+            self.expanding = False
+
+    def _augment(self, images: torch.Tensor, augmentation: v2.Transform | None = None) -> torch.Tensor:
+        """``Sir``'s views; in a training step of the images repeated to at least ``VIEWS_PER_STEP``.
+
+        Example:
+            >>> model = ViewsPerStepSir(image_size=(32, 32), width=16, loops=1, pre_trained=False)
+            >>> model.expanding = True
+            >>> tuple(model._augment(torch.rand(3, 3, 32, 32)).shape)
+            (9, 3, 32, 32)
+
+        """
+        if self.expanding:
+            images = images.repeat(-(-VIEWS_PER_STEP // len(images)), 1, 1, 1)
+        return super()._augment(images, augmentation)
+
+
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -623,7 +654,7 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
                 *VIEW_STRENGTHS,
                 *BILINEAR,
                 *BORDER_FILL,
-                *BATCHES,
+                *PER_STEP,
             }
             else training == "repair"
         )
@@ -643,8 +674,9 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in BORDER_FILL:
         class_path = "reference_levers.BorderFillViewsSir"
     trainer = {**spec.trainer, "max_steps": STEPS[training]} if training in STEPS else spec.trainer
-    batch = BATCHES.get(training, spec.train_batch_size)
-    return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer, train_batch_size=batch)
+    if training in PER_STEP:
+        class_path = "reference_levers.ViewsPerStepSir"
+    return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer)
 
 
 def grid_of(config: BenchmarkConfig, training: str) -> BenchmarkConfig:
