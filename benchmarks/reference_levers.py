@@ -18,7 +18,7 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
   ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
 * ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3;
-* ``steps600`` (``STEPS``): ``Sir()``'s training for 600 steps instead of the grid's 400;
+* ``steps600``, ``steps200`` (``STEPS``): ``Sir()``'s training for 600 or 200 steps instead of the grid's 400;
 * ``views8-per-step`` (``ViewsPerStepSir``): each step's batch (one-shot: the 1 or 5 training images, whatever
   ``train_batch_size`` says) repeated until it holds at least ``VIEWS_PER_STEP`` views, each augmented apart;
 * ``views-x2``, ``views-x0.5`` (``VIEW_STRENGTHS``): ``Sir()`` with every augmentation strength (rotation,
@@ -228,7 +228,7 @@ PERLIN_AREA = (0.01, 0.16)
 #: Issue 19's eighth round: ``Sir()``'s training with another learning rate (``LearningRateSir``).
 LEARNING_RATES = {"lr3e-3": 3e-3}
 #: Issue 19's eighth round: ``Sir()``'s training for more steps (the grid's ``max_steps`` is 400).
-STEPS = {"steps600": 600}
+STEPS = {"steps600": 600, "steps200": 200}
 #: Issue 19's eighth round: at least this many augmented views per training step (``ViewsPerStepSir``).
 VIEWS_PER_STEP = 8
 PER_STEP = ("views8-per-step",)
