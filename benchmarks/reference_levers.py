@@ -15,19 +15,6 @@ dataset's training normal) and specialised (one model per dataset), each in thre
 * ``repair-*`` (``REPAIRS``): ``Sir()``'s training with another repair corruption: probability per view, box
   size range, donor blend or intensity shift only (the universal model; ``repair-intensity`` the specialised
   ones too, where a donor would be the reference itself).
-* ``repair-perlin`` (``PERLIN``): ``Sir()``'s repair with an irregular Perlin-noise blob mask (DRAEM-style,
-  ``perlin_masks``) in place of the box: lesions are not rectangles (the universal model, as ``Sir()``);
-* ``lr3e-3`` (``LEARNING_RATES``): ``Sir()``'s training with the learning rate 3e-3 instead of 1e-3;
-* ``steps600``, ``steps200`` (``STEPS``): ``Sir()``'s training for 600 or 200 steps instead of the grid's 400;
-* ``views8-per-step`` (``ViewsPerStepSir``): each step's batch (one-shot: the 1 or 5 training images, whatever
-  ``train_batch_size`` says) repeated until it holds at least ``VIEWS_PER_STEP`` views, each augmented apart;
-* ``views-x2``, ``views-x0.5`` (``VIEW_STRENGTHS``): ``Sir()`` with every augmentation strength (rotation,
-  shift, zoom, gain, bias) doubled or halved: the training views and the reference views of the z-map;
-  ``views-bilinear``: ``Sir()``'s views resampled bilinearly (``RandomAffine``'s default is nearest: jagged
-  edges that the decoder learns and that the reference views' error statistics count); ``views-border-fill``:
-  what rotation, shift and zoom uncover is filled with the image's own border value (the mean of its outermost
-  pixels: black air or background for CT, X-ray, ultrasound and fundus), not with ``Sir()``'s 0 of the
-  normalised tensor (mid-grey), which no test image has.
 
 Every trained model then scores each dataset's validation and test images in the ways of ``SCORINGS``, all
 from the dataset's own training normal (``Sir.domain_views``: the image and seeded augmented views):
@@ -66,7 +53,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import types
@@ -76,14 +62,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torchvision.transforms import v2
 
 from anomalib_sir import Sir
 from anomalib_sir.benchmark.config import BenchmarkConfig
 from anomalib_sir.benchmark.data import member_datamodule
 from anomalib_sir.benchmark.worker import build_model
 from anomalib_sir.data.evaluation import rank_auroc
-from anomalib_sir.models.sir import lightning_model, repair
+from anomalib_sir.models.sir import repair
 from anomalib_sir.models.sir.anomaly_map import SirAnomalyMapGenerator
 from anomalib_sir.models.sir.torch_model import standardize_images
 
@@ -220,26 +205,7 @@ REPAIRS = {
 #: a cell; averaged with the ``ADOPTED`` model (``--ensemble``), a two-decoder ensemble.
 INIT_SEED_OFFSET = 1000
 RESEEDED = {"init2": INIT_SEED_OFFSET}
-#: Issue 19's eighth round: the repair corruption inside an irregular blob (``PerlinRepairSir``): a Perlin noise
-#: on a lattice of ``PERLIN_CELLS`` cells per axis, thresholded so that ``PERLIN_AREA`` of the image is covered.
-PERLIN = ("repair-perlin",)
-PERLIN_CELLS = (2, 4, 8)
-PERLIN_AREA = (0.01, 0.16)
-#: Issue 19's eighth round: ``Sir()``'s training with another learning rate (``LearningRateSir``).
-LEARNING_RATES = {"lr3e-3": 3e-3}
-#: Issue 19's eighth round: ``Sir()``'s training for more steps (the grid's ``max_steps`` is 400).
-STEPS = {"steps600": 600, "steps200": 200}
-#: Issue 19's eighth round: at least this many augmented views per training step (``ViewsPerStepSir``).
-VIEWS_PER_STEP = 8
-PER_STEP = ("views8-per-step",)
-#: Issue 19's eighth round: every augmentation strength of ``Sir`` times this factor (``scaled_views``).
-VIEW_STRENGTHS = {"views-x2": 2.0, "views-x0.5": 0.5}
-BILINEAR = ("views-bilinear",)
-BORDER_FILL = ("views-border-fill",)
-TRAININGS = (
-    *("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED),
-    *(*PERLIN, *LEARNING_RATES, *STEPS, *VIEW_STRENGTHS, *BILINEAR, *BORDER_FILL, *PER_STEP),
-)
+TRAININGS = ("plain", "repair", "fine-shallow", *ARGUMENTS, *REPAIRS, *RESEEDED)
 #: ``fine-shallow``: input size of the shallow teacher stage (the deeper ones keep the grid's ``image_size``).
 FINE_IMAGE_SIZE = 256
 
@@ -436,189 +402,6 @@ class RepairVariantSir(Sir):
         super().on_fit_end()
 
 
-def perlin_noise(height: int, width: int, cells: tuple[int, int]) -> torch.Tensor:
-    """Return ``(height, width)`` 2-D gradient (Perlin) noise on a lattice of ``cells`` cells per axis.
-
-    Example:
-        >>> _ = torch.manual_seed(0)
-        >>> noise = perlin_noise(32, 48, (4, 2))
-        >>> tuple(noise.shape), bool(noise.abs().max() < 1), bool(noise.std() > 0.05)
-        ((32, 48), True, True)
-
-    """
-    angles = torch.rand(cells[0] + 1, cells[1] + 1) * 2 * math.pi
-    gradients = torch.stack([angles.sin(), angles.cos()], dim=-1)
-    y = torch.arange(height) * cells[0] / height
-    x = torch.arange(width) * cells[1] / width
-    yy, xx = torch.meshgrid(y, x, indexing="ij")
-    y0, x0 = yy.long(), xx.long()
-    fy, fx = yy - y0, xx - x0
-
-    def corner(dy: int, dx: int) -> torch.Tensor:
-        g = gradients[y0 + dy, x0 + dx]
-        return g[..., 0] * (fy - dy) + g[..., 1] * (fx - dx)
-
-    u, v = (t**3 * (t * (t * 6 - 15) + 10) for t in (fy, fx))
-    top = corner(0, 0) * (1 - v) + corner(0, 1) * v
-    bottom = corner(1, 0) * (1 - v) + corner(1, 1) * v
-    return top * (1 - u) + bottom * u
-
-
-def perlin_masks(views: torch.Tensor, donors: torch.Tensor, probability: float) -> torch.Tensor:
-    """``repair.corrupt_views`` with an irregular Perlin blob (``PERLIN_AREA`` of the image) in place of its box.
-
-    Example:
-        >>> _ = torch.manual_seed(0)
-        >>> views = torch.zeros(4, 3, 32, 32)
-        >>> out = perlin_masks(views, donors=torch.ones(4, 3, 32, 32), probability=1.0)
-        >>> changed = (out != 0).any(dim=1).float().mean(dim=(1, 2))
-        >>> bool((changed > 0).all()), bool((changed <= 0.2).all()), bool((views == 0).all())
-        (True, True, True)
-
-    """
-    out = views.clone()
-    height, width = views.shape[-2:]
-    for i in range(len(views)):
-        if torch.rand(()) >= probability:
-            continue
-        cells = [PERLIN_CELLS[int(torch.randint(len(PERLIN_CELLS), ()))] for _ in range(2)]
-        noise = perlin_noise(height, width, (cells[0], cells[1]))
-        area = float(torch.empty(()).uniform_(*PERLIN_AREA))
-        mask = noise >= torch.quantile(noise.flatten(), 1 - area)
-        if torch.rand(()) < repair.REPAIR_BLEND_SHARE:
-            alpha = float(torch.empty(()).uniform_(*repair.REPAIR_ALPHA))
-            out[i, :, mask] = (1 - alpha) * out[i, :, mask] + alpha * donors[i, :, mask]
-        else:
-            gain = float(torch.empty(()).uniform_(1 - repair.REPAIR_GAIN, 1 + repair.REPAIR_GAIN))
-            inside = out[i, :, mask]
-            mean = inside.mean()
-            out[i, :, mask] = (inside - mean) * gain + mean + float(torch.empty(()).uniform_(-0.5, 0.5))
-    return out
-
-
-class PerlinRepairSir(Sir):
-    """``Sir`` whose repair corrupts a Perlin blob (``perlin_masks``) instead of a box (patched while it trains)."""
-
-    def on_fit_start(self) -> None:
-        """``Sir``'s decision on repair, then the blob corruption."""
-        super().on_fit_start()
-        lightning_model.corrupt_views = perlin_masks
-
-    def on_fit_end(self) -> None:
-        """Restore ``Sir``'s corruption."""
-        lightning_model.corrupt_views = repair.corrupt_views
-        super().on_fit_end()
-
-
-class LearningRateSir(Sir):
-    """``Sir`` trained with the learning rate ``LEARNING_RATES[variant]``."""
-
-    def __init__(self, variant: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.variant = variant
-        self.LEARNING_RATE = LEARNING_RATES[variant]
-
-
-def scaled_views(factor: float) -> type[Sir]:
-    """Return a ``Sir`` subclass whose augmentation strengths are ``factor`` times ``Sir``'s.
-
-    Example:
-        >>> scaled_views(2.0).configure_augmentation().transforms[1].degrees
-        [-20.0, 20.0]
-
-    """
-    names = ("ROTATION_DEGREES", "TRANSLATE_FRACTION", "SCALE_JITTER", "GAIN_JITTER", "BIAS_JITTER")
-    constants = {name: getattr(Sir, name) * factor for name in names}
-    return type(f"ViewsX{factor:g}Sir".replace(".", "_"), (Sir,), constants)
-
-
-VIEW_CLASSES = {training: scaled_views(factor) for training, factor in VIEW_STRENGTHS.items()}
-globals().update({cls.__name__: cls for cls in VIEW_CLASSES.values()})
-
-
-class BilinearViewsSir(Sir):
-    """``Sir`` whose augmented views are resampled bilinearly (``Sir``'s ``RandomAffine`` samples the nearest pixel)."""
-
-    @classmethod
-    def configure_augmentation(cls) -> v2.Transform:
-        """``Sir``'s views with bilinear interpolation.
-
-        Example:
-            >>> BilinearViewsSir.configure_augmentation().transforms[1].interpolation.value
-            'bilinear'
-
-        """
-        views = Sir.configure_augmentation()
-        views.transforms[1].interpolation = v2.InterpolationMode.BILINEAR
-        return views
-
-
-class BorderFillViewsSir(Sir):
-    """``Sir`` whose views fill what the affine uncovers with each image's border value, not 0 (mid-grey)."""
-
-    def _augment(self, images: torch.Tensor, augmentation: v2.Transform | None = None) -> torch.Tensor:
-        """``Sir``'s views, the geometric part of ``images - border`` plus ``border`` (linear: fill = border).
-
-        Example:
-            >>> model = BorderFillViewsSir(image_size=(32, 32), width=16, loops=1, pre_trained=False)
-            >>> model.GAIN_JITTER = model.BIAS_JITTER = 0.0
-            >>> views = model._augment(torch.full((2, 3, 32, 32), -1.0))
-            >>> bool(torch.allclose(views, torch.tensor(-1.0)))
-            True
-
-        """
-        augmentation = augmentation or self.augmentation
-        if augmentation is None:
-            return images
-        border = border_values(images)
-        geometric = torch.stack([augmentation(image) for image in images - border]) + border
-        shape = (len(images), 1, 1, 1)
-        gain = torch.empty(shape, device=images.device).uniform_(1 - self.GAIN_JITTER, 1 + self.GAIN_JITTER)
-        return geometric * gain + torch.empty(shape, device=images.device).uniform_(-self.BIAS_JITTER, self.BIAS_JITTER)
-
-
-def border_values(images: torch.Tensor) -> torch.Tensor:
-    """``(B, C, 1, 1)`` mean of each image's outermost row and column of pixels.
-
-    Example:
-        >>> images = torch.zeros(1, 1, 4, 4)
-        >>> images[..., 1:3, 1:3] = 5.0
-        >>> border_values(images).flatten().tolist()
-        [0.0]
-
-    """
-    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
-    return ring.mean(dim=-1, keepdim=True).unsqueeze(-1)
-
-
-class ViewsPerStepSir(Sir):
-    """``Sir`` whose training steps see at least ``VIEWS_PER_STEP`` augmented views (the batch repeated)."""
-
-    expanding = False
-
-    def training_step(self, batch, *args, **kwargs):
-        """``Sir``'s step, its views made from the batch's images repeated (``_augment``)."""
-        self.expanding = True
-        try:
-            return super().training_step(batch, *args, **kwargs)
-        finally:
-            self.expanding = False
-
-    def _augment(self, images: torch.Tensor, augmentation: v2.Transform | None = None) -> torch.Tensor:
-        """``Sir``'s views; in a training step of the images repeated to at least ``VIEWS_PER_STEP``.
-
-        Example:
-            >>> model = ViewsPerStepSir(image_size=(32, 32), width=16, loops=1, pre_trained=False)
-            >>> model.expanding = True
-            >>> tuple(model._augment(torch.rand(3, 3, 32, 32)).shape)
-            (9, 3, 32, 32)
-
-        """
-        if self.expanding:
-            images = images.repeat(-(-VIEWS_PER_STEP // len(images)), 1, 1, 1)
-        return super()._augment(images, augmentation)
-
-
 def _fine_shallow_features(model, images: torch.Tensor) -> list[torch.Tensor]:
     with torch.no_grad():
         images = standardize_images(images)
@@ -642,41 +425,13 @@ def model_spec(config: BenchmarkConfig, training: str, setting: str):
     if training in REPAIRS:
         repairs = universal or REPAIRS[training].specialized
     else:
-        repairs = (
-            universal
-            if training
-            in {
-                *ARGUMENTS,
-                *RESEEDED,
-                *PERLIN,
-                *LEARNING_RATES,
-                *STEPS,
-                *VIEW_STRENGTHS,
-                *BILINEAR,
-                *BORDER_FILL,
-                *PER_STEP,
-            }
-            else training == "repair"
-        )
+        repairs = universal if training in {*ARGUMENTS, *RESEEDED} else training == "repair"
     init_args = {**spec.init_args, "repair": repairs, "training_domains": False}
     init_args |= ARGUMENTS.get(training, {})
     class_path = {"fine-shallow": "reference_levers.FineShallowSir"}.get(training, spec.class_path)
     if training in REPAIRS:
         class_path, init_args["variant"] = "reference_levers.RepairVariantSir", training
-    if training in PERLIN:
-        class_path = "reference_levers.PerlinRepairSir"
-    if training in LEARNING_RATES:
-        class_path, init_args["variant"] = "reference_levers.LearningRateSir", training
-    if training in VIEW_STRENGTHS:
-        class_path = f"reference_levers.{VIEW_CLASSES[training].__name__}"
-    if training in BILINEAR:
-        class_path = "reference_levers.BilinearViewsSir"
-    if training in BORDER_FILL:
-        class_path = "reference_levers.BorderFillViewsSir"
-    trainer = {**spec.trainer, "max_steps": STEPS[training]} if training in STEPS else spec.trainer
-    if training in PER_STEP:
-        class_path = "reference_levers.ViewsPerStepSir"
-    return replace(spec, class_path=class_path, init_args=init_args, trainer=trainer)
+    return replace(spec, class_path=class_path, init_args=init_args)
 
 
 def grid_of(config: BenchmarkConfig, training: str) -> BenchmarkConfig:
@@ -689,9 +444,7 @@ def run_seed(config: BenchmarkConfig, seed: int, work: Path, settings: list[str]
     rows = []
     for training in trainings:
         for setting in settings:
-            if setting == "specialized" and (
-                training in PERLIN or (training in REPAIRS and not REPAIRS[training].specialized)
-            ):
+            if training in REPAIRS and setting == "specialized" and not REPAIRS[training].specialized:
                 continue  # trained as ``plain``: the baseline's own specialised models
             config.models[f"SIR/{training}"] = model_spec(config, training, setting)
             for group in groups_of(config, setting):
